@@ -1,0 +1,162 @@
+"""Feature definitions for skewless: the single contract shared by training, batch and online.
+
+Plain declarations in the style of Feast's templates. Anything derived from raw columns lives
+here, in the on-demand feature view, so no path can compute it a second way.
+"""
+
+from datetime import timedelta
+from pathlib import Path
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, RequestSource
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Float64, Int64, String, UnixTimestamp
+from feast.value_type import ValueType
+
+DATA = Path(__file__).parent / "data"
+OWNER = "ml-platform@skewless.dev"
+TAGS = {"team": "ml-platform", "domain": "churn"}
+
+customer = Entity(
+    name="customer",
+    join_keys=["customer_id"],
+    value_type=ValueType.INT64,
+    description="A paying account of the SaaS product.",
+    owner=OWNER,
+    tags=TAGS,
+)
+
+profiles_source = FileSource(
+    name="customer_profiles_source",
+    path=str(DATA / "customer_profiles.parquet"),
+    timestamp_field="event_timestamp",
+    created_timestamp_column="created",
+    description="Profile snapshots from the billing system, one row per change (SCD type 2).",
+    owner=OWNER,
+    tags=TAGS,
+)
+
+activity_source = FileSource(
+    name="customer_activity_source",
+    path=str(DATA / "customer_activity.parquet"),
+    timestamp_field="event_timestamp",
+    created_timestamp_column="created",
+    description="Daily 7- and 30-day activity windows written by the product-analytics ETL.",
+    owner=OWNER,
+    tags=TAGS,
+)
+
+customer_profile = FeatureView(
+    name="customer_profile",
+    entities=[customer],
+    ttl=timedelta(days=3650),  # a snapshot holds until the next change, however old
+    schema=[
+        Field(name="plan", dtype=String, description="Subscription tier."),
+        Field(name="region", dtype=String, description="Sales region; may be missing."),
+        Field(name="seats", dtype=Int64, description="Licensed seats; may be missing."),
+        Field(name="monthly_fee", dtype=Float64, description="Monthly bill in USD."),
+        Field(name="signup_date", dtype=UnixTimestamp, description="When the account signed up."),
+        Field(name="status", dtype=String, description="active or cancelled."),
+    ],
+    source=profiles_source,
+    online=True,
+    description="Latest billing profile of each customer.",
+    owner=OWNER,
+    tags=TAGS,
+)
+
+customer_activity = FeatureView(
+    name="customer_activity",
+    entities=[customer],
+    ttl=timedelta(days=30),  # older than the longest window: the aggregates no longer hold
+    schema=[
+        Field(name="logins_7d", dtype=Int64, description="Logins in the last 7 days."),
+        Field(name="logins_30d", dtype=Int64, description="Logins in the last 30 days."),
+        Field(name="active_minutes_7d", dtype=Float64, description="Active minutes, 7 days; may be missing."),
+        Field(name="active_minutes_30d", dtype=Float64, description="Active minutes, 30 days; may be missing."),
+        Field(name="support_tickets_7d", dtype=Int64, description="Support tickets opened, 7 days."),
+        Field(name="support_tickets_30d", dtype=Int64, description="Support tickets opened, 30 days."),
+        Field(name="payment_failures_7d", dtype=Int64, description="Failed payments, 7 days."),
+        Field(name="payment_failures_30d", dtype=Int64, description="Failed payments, 30 days."),
+        Field(name="spend_7d", dtype=Float64, description="Usage spend in USD, 7 days."),
+        Field(name="spend_30d", dtype=Float64, description="Usage spend in USD, 30 days."),
+        Field(name="last_active_at", dtype=UnixTimestamp, description="Last time the customer was active."),
+    ],
+    source=activity_source,
+    online=True,
+    description="Product usage of each customer as of the ETL's last run.",
+    owner=OWNER,
+    tags=TAGS,
+)
+
+scoring_request = RequestSource(
+    name="scoring_request",
+    schema=[Field(name="as_of", dtype=UnixTimestamp, description="Time the score is for.")],
+    description="When a score is asked for: the label time in training, the run time in batch, "
+    "the request time online. Time-relative features are measured from it.",
+    owner=OWNER,
+    tags=TAGS,
+)
+
+
+@on_demand_feature_view(
+    sources=[customer_profile, customer_activity, scoring_request],
+    # No per-field descriptions here: Feast 0.67 compares them with the fields it infers by
+    # running the function, which carry none, and refuses the view if they differ.
+    schema=[
+        Field(name="tenure_days", dtype=Float64),  # days since signup
+        Field(name="days_since_last_active", dtype=Float64),  # days since last activity
+        Field(name="minutes_per_seat_7d", dtype=Float64),  # active minutes per seat, 7 days
+        Field(name="login_trend", dtype=Float64),  # weekly login rate, 7-day over 30-day
+        Field(name="fee_per_seat", dtype=Float64),  # monthly fee per seat
+    ],
+    mode="python",
+    description="Ratios and time-relative features, defined once for every path.",
+    owner=OWNER,
+    tags=TAGS,
+)
+def customer_derived(inputs: dict) -> dict:
+    """Derived features; None wherever an input is missing, never a made-up default."""
+
+    def days(later, earlier):
+        return None if later is None or earlier is None else (later - earlier).total_seconds() / 86400.0
+
+    def ratio(num, den):
+        return None if num is None or den is None or den == 0 else float(num) / float(den)
+
+    as_of, signup, last = inputs["as_of"], inputs["signup_date"], inputs["last_active_at"]
+    return {
+        "tenure_days": [days(a, s) for a, s in zip(as_of, signup)],
+        "days_since_last_active": [days(a, s) for a, s in zip(as_of, last)],
+        "minutes_per_seat_7d": [ratio(m, s) for m, s in zip(inputs["active_minutes_7d"], inputs["seats"])],
+        "login_trend": [
+            ratio(l7, None if l30 is None else l30 * 7.0 / 30.0)
+            for l7, l30 in zip(inputs["logins_7d"], inputs["logins_30d"])
+        ],
+        "fee_per_seat": [ratio(f, s) for f, s in zip(inputs["monthly_fee"], inputs["seats"])],
+    }
+
+
+churn_v1 = FeatureService(
+    name="churn_v1",
+    features=[
+        customer_profile[["plan", "region", "seats", "monthly_fee"]],
+        customer_activity[
+            [
+                "logins_7d",
+                "logins_30d",
+                "active_minutes_7d",
+                "active_minutes_30d",
+                "support_tickets_7d",
+                "support_tickets_30d",
+                "payment_failures_7d",
+                "payment_failures_30d",
+                "spend_7d",
+                "spend_30d",
+            ]
+        ],
+        customer_derived,
+    ],
+    description="Feature contract of the churn model, version 1.",
+    owner=OWNER,
+    tags=TAGS,
+)

@@ -1,0 +1,58 @@
+"""Shared fixtures: a private redis-server, a 1k-customer dataset and an applied Feast repo.
+
+Everything here is real: a `redis-server` process on a free loopback port (never a
+non-loopback address, never fakeredis), DuckDB through Feast, and the stock `feast apply`.
+Expensive pieces are session-scoped; tests that change data make their own copies.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from online.redis_server import RedisEndpoint, throwaway_redis
+from training.generate import GenerateConfig, generate
+from training.store import REDIS_ENV, REPO_DIR, open_store
+
+SMALL = GenerateConfig(customers=1_000, seed=7)
+
+
+@pytest.fixture(scope="session")
+def redis_endpoint() -> RedisEndpoint:
+    with throwaway_redis() as endpoint:
+        os.environ[REDIS_ENV] = endpoint.feast
+        yield endpoint
+
+
+def copy_repo(dest: Path) -> Path:
+    """A copy of feature_repo/ without its data, registry or caches."""
+    shutil.copytree(REPO_DIR, dest, ignore=shutil.ignore_patterns("data", "__pycache__", "*.db"))
+    (dest / "data").mkdir()
+    return dest
+
+
+def feast_apply(repo: Path, endpoint: RedisEndpoint) -> subprocess.CompletedProcess:
+    """The stock CLI, as a user runs it: `cd repo && feast apply`."""
+    env = dict(os.environ, **{REDIS_ENV: endpoint.feast})
+    feast_cli = Path(sys.executable).with_name("feast")
+    return subprocess.run([str(feast_cli), "apply"], cwd=repo, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def small_repo(tmp_path_factory, redis_endpoint) -> Path:
+    """feature_repo/ copied to a temp dir, 1k customers generated into it, applied."""
+    repo = copy_repo(tmp_path_factory.mktemp("small") / "feature_repo")
+    generate(SMALL, repo / "data")
+    result = feast_apply(repo, redis_endpoint)
+    assert result.returncode == 0, result.stderr
+    return repo
+
+
+@pytest.fixture(scope="session")
+def small_store(small_repo):
+    return open_store(small_repo)

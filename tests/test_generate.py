@@ -1,0 +1,142 @@
+"""The synthetic sources: deterministic, realistic quirks present, labels without leakage."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from training.generate import (
+    ACTIVITY_FILE,
+    LABEL_HORIZON_DAYS,
+    LABELS_FILE,
+    PROFILES_FILE,
+    GenerateConfig,
+    generate,
+)
+
+
+@pytest.fixture(scope="module")
+def data(small_repo):
+    d = small_repo / "data"
+    return {
+        "profiles": pd.read_parquet(d / PROFILES_FILE),
+        "activity": pd.read_parquet(d / ACTIVITY_FILE),
+        "labels": pd.read_parquet(d / LABELS_FILE),
+    }
+
+
+def test_same_seed_gives_identical_bytes(tmp_path):
+    cfg = GenerateConfig(customers=300, seed=11)
+    generate(cfg, tmp_path / "a")
+    generate(cfg, tmp_path / "b")
+    for name in (PROFILES_FILE, ACTIVITY_FILE, LABELS_FILE):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    generate(GenerateConfig(customers=300, seed=12), tmp_path / "c")
+    assert (tmp_path / "a" / ACTIVITY_FILE).read_bytes() != (tmp_path / "c" / ACTIVITY_FILE).read_bytes()
+
+
+def test_timestamps_are_utc_microseconds(data):
+    for frame in data.values():
+        for col in ("event_timestamp", "created", "signup_date", "last_active_at"):
+            if col in frame:
+                assert str(frame[col].dtype) == "datetime64[us, UTC]", col
+
+
+def test_missing_values_present(data):
+    assert data["profiles"]["region"].isna().any()
+    assert data["profiles"]["seats"].isna().any()
+    assert data["activity"]["active_minutes_7d"].isna().any()
+
+
+def test_late_arriving_rows_present(data):
+    for frame in (data["profiles"], data["activity"]):
+        lag = frame["created"] - frame["event_timestamp"]
+        assert (lag >= timedelta(0)).all()
+        assert (lag > timedelta(days=1)).mean() > 0.01
+
+
+def test_profile_is_a_slowly_changing_dimension(data):
+    prof = data["profiles"]
+    changes = prof[prof["status"] == "active"].groupby("customer_id").size()
+    assert (changes > 1).sum() > 10  # plan upgrades and downgrades
+    assert set(prof["plan"].dropna()) >= {"basic", "pro", "business"}
+
+
+def test_churned_customers_stop_producing_activity(data):
+    cancelled = data["profiles"].query("status == 'cancelled'").set_index("customer_id")["event_timestamp"]
+    assert len(cancelled) > 20
+    act = data["activity"].join(cancelled.rename("cancelled_at"), on="customer_id", how="inner")
+    # the ETL row for the day of cancellation covers activity up to the end of that day
+    assert (act["event_timestamp"] <= act["cancelled_at"].dt.floor("D") + timedelta(days=1)).all()
+    assert (act["last_active_at"] <= act["cancelled_at"]).all()
+
+
+def test_new_customers_with_short_history(data):
+    prof, labels = data["profiles"], data["labels"]
+    signup = prof.groupby("customer_id")["signup_date"].first()
+    first_label = labels["event_timestamp"].min()
+    recent = signup[(signup > first_label - timedelta(days=14)) & (signup < first_label)]
+    assert len(recent) > 5
+    assert labels["customer_id"].isin(recent.index).any()
+
+
+def test_unseen_categories_appear_only_after_the_label_window(data):
+    prof, labels = data["profiles"], data["labels"]
+    last_label = labels["event_timestamp"].max()
+    for col, value in (("plan", "enterprise"), ("region", "latam")):
+        rows = prof[prof[col] == value]
+        assert len(rows) > 0, value
+        assert (rows["event_timestamp"] > last_label).all(), value
+
+
+def test_labels_follow_cancellations_and_never_the_future(data):
+    prof, labels = data["profiles"], data["labels"]
+    cancel = prof.query("status == 'cancelled'").groupby("customer_id")["event_timestamp"].min()
+    signup = prof.groupby("customer_id")["signup_date"].first()
+    lab = labels.join(cancel.rename("cancel_at"), on="customer_id").join(signup.rename("signup"), on="customer_id")
+    horizon = timedelta(days=LABEL_HORIZON_DAYS)
+    # at risk at the label time: signed up before, not cancelled yet
+    assert (lab["signup"] < lab["event_timestamp"]).all()
+    assert not (lab["cancel_at"] <= lab["event_timestamp"]).any()
+    # churned means cancelled within the next 30 days, and only that
+    in_window = (lab["cancel_at"] > lab["event_timestamp"]) & (lab["cancel_at"] <= lab["event_timestamp"] + horizon)
+    assert (lab["churned"] == in_window.astype(int)).all()
+    # every label has its full horizon inside the data
+    assert lab["event_timestamp"].max() + horizon <= prof["event_timestamp"].max() + timedelta(days=1)
+    assert 0.02 < lab["churned"].mean() < 0.2
+
+
+def test_bad_input_exits_with_one_line_and_writes_nothing(tmp_path):
+    cli = [sys.executable, "-m", "training", "generate"]
+    out = tmp_path / "out"
+    r = subprocess.run(cli + ["--customers", "-5", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "--customers" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    r = subprocess.run(cli + ["--customers", "50", "--out", str(blocker / "data")], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_interrupted_generation_keeps_previous_files(tmp_path, monkeypatch):
+    import training.generate as gen
+
+    out = tmp_path / "data"
+    generate(GenerateConfig(customers=200, seed=3), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("killed half way")
+
+    monkeypatch.setattr(gen, "_simulate_chunk", boom)
+    with pytest.raises(RuntimeError):
+        generate(GenerateConfig(customers=200, seed=4), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -1,0 +1,5 @@
+"""`python -m training ...` is the `skewless` command."""
+
+from training.cli import main
+
+main()
