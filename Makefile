@@ -12,7 +12,7 @@ CUSTOMERS ?= 50000
 
 .PHONY: demo test install redis clean help
 help:
-	@echo "make demo   install, generate $(CUSTOMERS) customers, apply the Feast repo"
+	@echo "make demo   install, generate $(CUSTOMERS) customers, apply the Feast repo, train"
 	@echo "make test   install and run the tests"
 
 ## install: uv (if missing) and the locked environment in .venv
@@ -35,6 +35,7 @@ redis:
 demo: install redis
 	$(RUN) skewless generate --customers $(CUSTOMERS)
 	$(RUN) skewless apply
+	$(RUN) skewless train
 
 test: install redis
 	$(RUN) pytest -q

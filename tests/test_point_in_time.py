@@ -17,6 +17,7 @@ import pytest
 from conftest import copy_repo, feast_apply
 
 from training.generate import ACTIVITY_FILE, ACTIVITY_SCHEMA, LABELS_FILE, LABEL_SCHEMA, PROFILE_SCHEMA, PROFILES_FILE
+from training.dataset import historical_features
 from training.store import open_store
 
 UTC = timezone.utc
@@ -70,12 +71,9 @@ def store(tmp_path_factory, redis_endpoint):
 
 
 def retrieve(store, rows: list[tuple[int, datetime]]) -> pd.DataFrame:
-    entity = pd.DataFrame(rows, columns=["customer_id", "event_timestamp"])
-    entity["as_of"] = entity["event_timestamp"]
-    svc = store.get_feature_service("churn_v1")
-    out = store.get_historical_features(entity_df=entity, features=svc).to_df()
-    # the DuckDB store returns rows in its own order: join back on keys, never by position
-    return entity.merge(out, on=["customer_id", "event_timestamp", "as_of"], how="left", validate="1:1")
+    """The training path's retrieval (which joins DuckDB's reordered rows back on keys)."""
+    keys = pd.DataFrame(rows, columns=["customer_id", "event_timestamp"])
+    return historical_features(store, "churn_v1", keys)
 
 
 def test_value_changed_after_the_row_time_does_not_leak(store):

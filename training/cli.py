@@ -7,10 +7,12 @@ expected failure becomes one line on stderr and a non-zero exit, never a traceba
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -19,7 +21,34 @@ from training.store import REDIS_ENV, REPO_DIR
 
 
 class Group(click.Group):
-    """Turns the errors users cause into one-line messages (`Error: ...`, exit 1)."""
+    """Loads each stage's subcommands on first use and turns the errors users cause into
+    one-line messages (`Error: ...`, exit 1)."""
+
+    # name -> "module:attribute" of a click command defined by that stage
+    lazy: dict[str, str] = {
+        "score": "batch.cli:score",
+        "materialize": "online.materialize:materialize_command",
+        "serve": "online.cli:serve",
+        "skew-report": "online.cli:skew_report",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | {n for n in self.lazy if self._load(n)})
+
+    def get_command(self, ctx: click.Context, name: str):
+        return super().get_command(ctx, name) or self._load(name)
+
+    def _load(self, name: str):
+        target = self.lazy.get(name)
+        if target is None:
+            return None
+        module, _, attr = target.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:
+                return None  # that stage is not built yet
+            raise
 
     def invoke(self, ctx: click.Context):
         try:
@@ -37,6 +66,9 @@ class Group(click.Group):
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """skewless: one Feast feature contract for training, batch scoring and online serving."""
+    # Library chatter that says nothing to a user of this command.
+    warnings.filterwarnings("ignore", message="fetch_arrow_table", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message="On demand feature view is an experimental", category=RuntimeWarning)
 
 
 @main.command()
@@ -81,3 +113,90 @@ def apply(repo: Path) -> None:
         if line.startswith(("Applying", "Deploying", "Created", "Deleting", "Updated")):
             click.echo(line)
     click.echo(f"applied {repo} (registry {repo / 'data' / 'registry.db'})")
+
+
+@main.command()
+@click.option("--as-of", "as_of", default=None, help="Train as of this time (ISO 8601): only labels whose 30-day outcome was known by then.")
+@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where bundles go (default: models/, or SKEWLESS_MODEL_DIR).")
+@click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=REPO_DIR, show_default=True)
+@click.option("--max-rows", type=int, default=1_000_000, show_default=True, help="Sample whole customers down to about this many label rows (0: all).")
+def train(as_of: str | None, model_dir: Path | None, repo: Path, max_rows: int) -> None:
+    """Build a point-in-time training set from churn_v1, train XGBoost, write a bundle."""
+    from training.bundle import DEFAULT_MODEL_DIR
+    from training.store import open_store
+    from training.train import train as run
+
+    when = parse_time(as_of) if as_of else None
+    started = time.perf_counter()
+    with tqdm_steps(4) as step:
+        result = run(open_store(repo), repo, model_dir or DEFAULT_MODEL_DIR, when, max_rows or None, step=step)
+    m, b = result.metrics, result.bundle
+    click.echo(f"trained {b.name}/{b.version} on {b.feature_service} ({len(b.features)} features) in {time.perf_counter() - started:.1f}s")
+    w = b.manifest["training_window"]
+    click.echo(f"  rows: train {result.rows['train']:,} (labels {w['train_labels'][0][:10]}..{w['train_labels'][1][:10]}), "
+               f"validation {result.rows['validation']:,} (labels {w['validation_labels'][0][:10]}..{w['validation_labels'][1][:10]})")
+    click.echo(f"  {'':22}{'ROC-AUC':>8}{'PR-AUC':>8}{'logloss':>9}")
+    for label, key in (("model (xgboost)", "model"), ("baseline (logistic)", "baseline_logistic"), ("ceiling (true hazard)", "ceiling_true_hazard")):
+        r = m[key]
+        click.echo(f"  {label:22}{r['roc_auc']:8.3f}{r['pr_auc']:8.3f}{r['log_loss']:9.4f}")
+    click.echo(f"  decision threshold {b.threshold:.3f} (best F1 on validation); steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
+    click.echo(f"  bundle: {b.path}")
+
+
+def parse_time(value: str):
+    """An ISO 8601 time (UTC when no zone is given) or `now`; a clear error otherwise."""
+    from datetime import datetime, timezone
+
+    if value == "now":
+        return datetime.now(timezone.utc)
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.ClickException(f"not a time: {value!r} (use ISO 8601, e.g. 2026-11-01T00:00:00Z, or `now`)") from None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+class tqdm_steps:
+    """A progress bar over named steps: `with tqdm_steps(n) as step: step("name")`."""
+
+    def __init__(self, total: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc="starting", file=sys.stderr, disable=None, bar_format="{desc:<40} {n}/{total} [{elapsed}]")
+        self.started = False
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, name: str) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.started = True
+        self.bar.set_description_str(name)
+
+    def __exit__(self, *exc) -> None:
+        if self.started and exc[0] is None:
+            self.bar.update(1)
+        self.bar.close()
+
+
+@main.command()
+@click.argument("version", default="latest")
+@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where bundles are (default: models/, or SKEWLESS_MODEL_DIR).")
+def model(version: str, model_dir: Path | None) -> None:
+    """Show a model bundle: version, contract, metrics (VERSION defaults to latest)."""
+    from training.bundle import DEFAULT_MODEL_DIR, BundleError, load_bundle
+
+    try:
+        b = load_bundle(version, model_dir or DEFAULT_MODEL_DIR)
+    except BundleError as exc:
+        raise click.ClickException(str(exc)) from None
+    m = b.manifest
+    click.echo(f"{b.name}/{b.version}  ({b.path})")
+    click.echo(f"  contract: FeatureService {b.feature_service} in Feast project {m['feast_project']}, {len(b.features)} features")
+    click.echo(f"  features: {', '.join(b.feature_names)}")
+    click.echo(f"  label: {m['label']['definition']}")
+    for key in ("model", "baseline_logistic", "ceiling_true_hazard"):
+        r = m["metrics"][key]
+        click.echo(f"  {key:20} ROC-AUC {r['roc_auc']:.3f}  PR-AUC {r['pr_auc']:.3f}  log loss {r['log_loss']:.4f}")
+    click.echo(f"  threshold {b.threshold:.3f}; segments " + ", ".join(f"{s['name']}<{s['upper']}" if s["upper"] else s["name"] for s in b.segments))

@@ -3,8 +3,10 @@
 Nothing can be downloaded here, so the raw sources that an upstream system would own are
 simulated: customer profile snapshots (a slowly changing dimension), daily activity
 aggregates as an ETL job writes them, and weekly churn labels. Churn follows a hidden daily
-hazard that depends only on each customer's past, so a model can learn it; the hazard's own
-30-day churn probability is written next to each label as the ceiling a model can reach.
+hazard that depends only on each customer's past, so a model can learn it. Next to each label
+goes its true probability, 1 - prod(1 - hazard) over the 30 days after the label time along
+the customer's simulated path: an oracle that knows the future hazards, so its AUC is a
+ceiling no model that sees only the past can beat.
 
 Quirks are on purpose, because real sources have them: missing values, late-arriving rows
 (`created` later than `event_timestamp`), customers who stop producing activity after they
@@ -165,18 +167,20 @@ def _simulate_chunk(cfg: GenerateConfig, chunk_index: int, first_id: int, n: int
     region = np.where(late_signup & (rng.random(n) < 0.3), 3, region)  # unseen `latam`
     seats = np.maximum(1, rng.lognormal(1.0 + 0.6 * plan, 0.7)).astype(np.int64)
     engagement = rng.normal(-1.3, 0.9, n)  # logit of the daily probability of being active
-    frailty = rng.normal(0.0, 0.3, n)  # hidden, so a model cannot reach the ceiling exactly
-    alive = signup_day < 0  # signed up before the simulation
+    frailty = rng.normal(0.0, 0.2, n)  # hidden, so a model cannot reach the ceiling exactly
+    # `exists` customers are simulated every day, even after they cancel (a counterfactual
+    # path that is never written), so the true 30-day probability of every label is known.
+    exists = signup_day < 0  # signed up before the simulation
+    alive = exists.copy()  # exists and has not cancelled
     churned = np.zeros(n, dtype=bool)
     churn_us = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
     last_active_us = np.where(alive, signup_us, 0).astype(np.int64)
-    hazard = np.zeros(n)
     ring = np.zeros((len(WINDOW_METRICS), 30, n), dtype=np.float64)
 
     prof_rows: list[dict[str, np.ndarray]] = []
     act_rows: list[dict[str, np.ndarray]] = []
     label_rows: list[tuple[np.ndarray, int, np.ndarray]] = []  # (ids mask, ts, hazard)
-    pending_labels: list[tuple[np.ndarray, int, np.ndarray]] = []
+    pending_labels: list[tuple[np.ndarray, int, int, np.ndarray]] = []  # (at risk, ts, day, log survival)
 
     def snapshot(mask: np.ndarray, ts_us: np.ndarray, status: str) -> None:
         k = int(mask.sum())
@@ -207,42 +211,42 @@ def _simulate_chunk(cfg: GenerateConfig, chunk_index: int, first_id: int, n: int
     for day in range(total_days):
         day_start = sim_start_us + day * day_us
         if day in label_days:
-            # Labels are taken at 00:00, before anything of this day happens: the probability
-            # is yesterday's hazard, which saw only activity up to the label time.
+            # Labels are taken at 00:00, before anything of this day happens.
             ts = label_days[day]
             at_risk = alive & (signup_us < ts)
-            prob_30d = 1.0 - (1.0 - hazard) ** LABEL_HORIZON_DAYS
-            pending_labels.append((at_risk.copy(), ts, prob_30d))
+            pending_labels.append((at_risk, ts, day, np.zeros(n)))
         slot = day % 30
         ring[:, slot, :] = 0.0
 
         # New signups today.
-        new = (~alive) & (~churned) & (signup_day == day)
+        new = (~exists) & (signup_day == day)
         if new.any():
+            exists |= new
             alive |= new
             last_active_us[new] = signup_us[new]
             snapshot(new, signup_us[new], "active")
 
         # Plan changes: upgrades (and the unseen `enterprise` tier near the end), downgrades.
         p_up = 0.0015 if day < unseen_from_day else 0.004
-        change = alive & (rng.random(n) < p_up + 0.0005)
+        change = exists & (rng.random(n) < p_up + 0.0005)
         if change.any():
             up = rng.random(n) < p_up / (p_up + 0.0005)
             top = 3 if day >= unseen_from_day else 2
             plan = np.where(change & up, np.minimum(plan + 1, top), plan)
             plan = np.where(change & ~up, np.maximum(plan - 1, 0), plan)
             seats = np.where(change & up, seats + rng.integers(0, 4, n), seats)
-            snapshot(change, day_start + rng.integers(0, day_us, int(change.sum())), "active")
+            written = change & alive
+            snapshot(written, day_start + rng.integers(0, day_us, int(written.sum())), "active")
 
         # Engagement drifts; a payment failure or a bad week pushes it down.
-        engagement = np.where(alive, engagement + rng.normal(-0.004, 0.1, n), engagement)
+        engagement = np.where(exists, engagement + rng.normal(-0.004, 0.1, n), engagement)
         tenure_days = (day_start - signup_us) / day_us
         p_active = 1.0 / (1.0 + np.exp(-engagement))
-        active = alive & (rng.random(n) < p_active)
+        active = exists & (rng.random(n) < p_active)
         logins = np.where(active, 1 + rng.poisson(2.0 * p_active + 0.5), 0)
         minutes = np.where(active, np.round(rng.gamma(2.0, 15.0, n) * logins, 1), 0.0)
-        tickets = np.where(alive & (rng.random(n) < 0.01 + 0.03 * (1 - p_active)), 1, 0)
-        failures = np.where(alive & (rng.random(n) < 0.004 + 0.006 * (plan == 0)), 1, 0)
+        tickets = np.where(exists & (rng.random(n) < 0.01 + 0.03 * (1 - p_active)), 1, 0)
+        failures = np.where(exists & (rng.random(n) < 0.006), 1, 0)
         engagement = engagement - 0.4 * failures - 0.2 * tickets
         spend = np.where(active, np.round(minutes * 0.02 * (1 + plan), 2), 0.0)
         for i, daily in enumerate((logins, minutes, tickets, failures, spend)):
@@ -252,20 +256,22 @@ def _simulate_chunk(cfg: GenerateConfig, chunk_index: int, first_id: int, n: int
         # The hidden daily hazard: a function of the past only.
         w7 = [ring[i, [(day - k) % 30 for k in range(7)], :].sum(axis=0) for i in range(5)]
         w30 = [ring[i].sum(axis=0) for i in range(5)]
-        days_idle = np.minimum((day_start - last_active_us) / day_us, 60.0)
         logit = (
-            -7.3
-            + 0.8 * w30[3]
-            + 0.3 * w30[2]
-            - 0.45 * np.log1p(w7[0])
-            + 0.05 * days_idle
+            -7.1
+            + 3.0 * ((w30[3] > 0) & (plan == 0))  # a failed payment only drives off the cheapest plan
+            - 0.8 * (plan == 0)
+            + 1.0 * (w30[2] >= 2)  # repeated support tickets, not the first one
+            + 0.8 * (p_active < 0.08)  # disengaged accounts are a cliff, not a slope
             + PLAN_HAZARD[plan]
             + REGION_HAZARD[region]
-            - 0.25 * np.log1p(np.maximum(tenure_days, 0) / 30.0)
-            + 0.15 * (seats <= 1)
+            + 0.5 * (tenure_days < 45)  # new accounts churn while onboarding
+            + 1.6 * ((seats <= 1) & (plan >= 1))  # a lone seat on a paid tier is an abandoned trial
             + frailty
         )
         hazard = 1.0 / (1.0 + np.exp(-logit))
+        for _, _, label_day, log_survival in pending_labels:
+            if label_day <= day < label_day + LABEL_HORIZON_DAYS:
+                log_survival += np.log1p(-hazard)
 
         # Emit the ETL row (event time = end of day) for customers active within 30 days.
         if day >= WARMUP_DAYS:
@@ -297,7 +303,8 @@ def _simulate_chunk(cfg: GenerateConfig, chunk_index: int, first_id: int, n: int
             churned |= churn_now
             snapshot(churn_now, t[churn_now], "cancelled")
 
-    for at_risk, ts, prob in pending_labels:
+    for at_risk, ts, _, log_survival in pending_labels:
+        prob = 1.0 - np.exp(log_survival)  # P(cancel within 30 days | the hidden hazard path)
         horizon_end = ts + LABEL_HORIZON_DAYS * day_us
         y = (churn_us > ts) & (churn_us <= horizon_end)
         label_rows.append((at_risk, ts, np.stack([y[at_risk].astype(np.int64), prob[at_risk]])))
