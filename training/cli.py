@@ -74,9 +74,10 @@ def main() -> None:
 @main.command()
 @click.option("--customers", type=int, default=50_000, show_default=True, help="Number of customers (1k tests, 50k demo, 1M/10M benchmarks).")
 @click.option("--days", type=int, default=150, show_default=True, help="Days of history to write.")
-@click.option("--seed", type=int, default=7, show_default=True, help="Random seed; same seed, same bytes.")
+@click.option("--seed", type=int, default=7, show_default=True, help="Random seed; same seed and --end, same bytes.")
+@click.option("--end", default="today", show_default=True, help="Last day of data (ISO date, or `today` = today 00:00 UTC), so the demo's 'now' has fresh features.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=REPO_DIR / "data", show_default=True, help="Directory the Parquet sources go to.")
-def generate(customers: int, days: int, seed: int, out_dir: Path) -> None:
+def generate(customers: int, days: int, seed: int, end: str, out_dir: Path) -> None:
     """Write the synthetic raw sources (profiles, activity, labels) as Parquet."""
     from tqdm import tqdm
 
@@ -86,9 +87,10 @@ def generate(customers: int, days: int, seed: int, out_dir: Path) -> None:
         raise click.ClickException(f"--customers must be a positive number, got {customers}")
     started = time.perf_counter()
     with tqdm(total=customers, unit="customer", unit_scale=True, desc="generate", file=sys.stderr, disable=None) as bar:
-        summary = run(GenerateConfig(customers=customers, days=days, seed=seed), out_dir, progress=bar.update)
+        cfg = GenerateConfig(customers=customers, days=days, seed=seed, end=end_of_data(end))
+        summary = run(cfg, out_dir, progress=bar.update)
     seconds = time.perf_counter() - started
-    click.echo(f"wrote {out_dir} in {seconds:.1f}s ({customers / seconds:,.0f} customers/s)")
+    click.echo(f"wrote {out_dir} in {seconds:.1f}s ({customers / seconds:,.0f} customers/s), data {cfg.start:%Y-%m-%d}..{cfg.end:%Y-%m-%d}")
     click.echo(f"  profiles {summary.profile_rows:,} rows, activity {summary.activity_rows:,} rows, labels {summary.label_rows:,} rows")
     for name, size in summary.files.items():
         click.echo(f"  {name}: {size / 1e6:.1f} MB")
@@ -141,6 +143,15 @@ def train(as_of: str | None, model_dir: Path | None, repo: Path, max_rows: int) 
         click.echo(f"  {label:22}{r['roc_auc']:8.3f}{r['pr_auc']:8.3f}{r['log_loss']:9.4f}")
     click.echo(f"  decision threshold {b.threshold:.3f} (best F1 on validation); steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
     click.echo(f"  bundle: {b.path}")
+
+
+def end_of_data(value: str):
+    """Midnight UTC of `today` or of the given date: generated data always ends on a day boundary."""
+    from datetime import datetime, timezone
+
+    if value == "today":
+        return datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return parse_time(value).astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def parse_time(value: str):
