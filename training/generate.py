@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 # File names inside the data directory; feature_repo/definitions.py reads the same names.
@@ -309,7 +310,10 @@ def _simulate_chunk(cfg: GenerateConfig, chunk_index: int, first_id: int, n: int
         y = (churn_us > ts) & (churn_us <= horizon_end)
         label_rows.append((at_risk, ts, np.stack([y[at_risk].astype(np.int64), prob[at_risk]])))
 
-    return _to_tables(ids, prof_rows, act_rows, label_rows)
+    prof, act, labels = _to_tables(ids, prof_rows, act_rows, label_rows)
+    # The export happens at `end`: rows that would arrive later are not in it yet.
+    end = pa.scalar(_us(cfg.end), pa.int64()).cast(TS)
+    return prof.filter(pc.less_equal(prof["created"], end)), act.filter(pc.less_equal(act["created"], end)), labels
 
 
 def _concat(rows: list[dict[str, np.ndarray]], key: str) -> np.ndarray:
