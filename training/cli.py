@@ -29,7 +29,7 @@ class Group(click.Group):
         "score": "batch.cli:score",
         "materialize": "online.materialize:materialize_command",
         "serve": "online.cli:serve",
-        "skew-report": "online.cli:skew_report",
+        "skew-report": "online.skew_report:skew_report_command",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
