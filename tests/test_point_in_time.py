@@ -1,9 +1,11 @@
 """Historical retrieval on hand-made rows: as-of joins, TTL, late-arriving rows, derived features.
 
 The data is tiny and explicit so every expected value can be read off the table below.
-What Feast 0.67 does with `created` (measured here): it only breaks ties between rows with
-the same event_timestamp (the later `created` wins); it does NOT hide a row whose `created` is
-after the entity row's time. A late-arriving row therefore counts from its event time offline.
+What Feast 0.67 does with `created` (measured here): by default it only breaks ties between rows
+with the same event_timestamp (the later `created` wins) and does NOT hide a row whose `created`
+is after the entity row's time, so a late-arriving row would leak into the past. With
+`filter_by_created_timestamp=True` (supported by the DuckDB store) it does hide it; skewless's
+retrieval always passes it, so a late row counts only from when it arrived, as online.
 """
 
 from __future__ import annotations
@@ -101,10 +103,18 @@ def test_same_event_time_later_created_wins(store):
     assert df.loc[0, "logins_7d"] == 2
 
 
-def test_late_arriving_row_counts_from_its_event_time(store):
-    # event day 50, created day 53: Feast 0.67 offline already returns it on day 51
-    df = retrieve(store, [(2, day(51))])
-    assert df.loc[0, "logins_7d"] == 5
+def test_late_arriving_row_counts_only_from_its_created_time(store):
+    # event day 50, created day 53: not known on day 51 (and the day-0 row has expired)
+    df = retrieve(store, [(2, day(51)), (2, day(53.5))]).set_index("event_timestamp")
+    assert pd.isna(df.loc[day(51), "logins_7d"])
+    assert df.loc[day(53.5), "logins_7d"] == 5
+
+
+def test_stock_feast_without_created_filter_leaks_late_rows(store):
+    """Documents Feast's default: without filter_by_created_timestamp the late row leaks."""
+    entity = pd.DataFrame({"customer_id": [2], "event_timestamp": [day(51)], "as_of": [day(51)]})
+    out = store.get_historical_features(entity_df=entity, features=store.get_feature_service("churn_v1")).to_df()
+    assert out.loc[0, "logins_7d"] == 5
 
 
 def test_derived_features_are_relative_to_the_row_time(store):

@@ -2,7 +2,8 @@
 
 The label table (customer_id, label time, churned) becomes Feast's entity frame and every
 feature comes from `get_historical_features(features=<FeatureService>)` on the DuckDB offline
-store, as it was known at each label time. Nothing is computed here: derived features live in
+store, as it was known at each label time: a row counts from its event time, but only once it
+had arrived (`created` at or before the label time; Feast's filter_by_created_timestamp). Nothing is computed here: derived features live in
 the Feast repo's on-demand view. The request-time input of that view (`as_of`) is the label
 time, exactly as batch passes its run time and the service the request time.
 """
@@ -45,7 +46,9 @@ def historical_features(store, service_name: str, keys: pd.DataFrame) -> pd.Data
     """Point-in-time features for `keys`, joined back on keys (the DuckDB store reorders rows)."""
     service = store.get_feature_service(service_name)
     entity = entity_frame(keys)
-    out = store.get_historical_features(entity_df=entity, features=service).to_df()
+    # filter_by_created_timestamp: a row counts only from when it arrived (`created`), as it
+    # does online, where a row is in Redis only once it has been materialized.
+    out = store.get_historical_features(entity_df=entity, features=service, filter_by_created_timestamp=True).to_df()
     names = [f.name for p in service.feature_view_projections for f in p.features]
     out = out[KEYS + names]
     return entity[KEYS].merge(out, on=KEYS, how="left", validate="1:1")
