@@ -56,3 +56,12 @@ def small_repo(tmp_path_factory, redis_endpoint) -> Path:
 @pytest.fixture(scope="session")
 def small_store(small_repo):
     return open_store(small_repo)
+
+
+@pytest.fixture(scope="session")
+def small_bundle(small_repo, small_store, tmp_path_factory):
+    """A model trained on the 1k data, in its own model dir: (TrainResult, model_dir)."""
+    from training.train import train
+
+    model_dir = tmp_path_factory.mktemp("models")
+    return train(small_store, small_repo, model_dir), model_dir
