@@ -16,7 +16,6 @@ here a second time. `engine="feast"` runs Feast's own retrieval instead, chunk b
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -25,38 +24,12 @@ import pandas as pd
 import pyarrow as pa
 from feast import FeatureStore, FeatureView
 from feast.infra.offline_stores.file_source import FileSource
-from feast.on_demand_feature_view import OnDemandFeatureView
 
+from training.contract import Contract, resolve  # noqa: F401  (re-exported for callers)
 from training.dataset import REQUEST_TIME, historical_features
 
 ENTITY_KEY = "customer_id"
 DUCKDB_MEMORY_LIMIT = "1GB"  # DuckDB spills to disk beyond this, so 10M customers fit in 2 GB RSS
-
-
-@dataclass
-class Contract:
-    """The registry objects behind a FeatureService, resolved once."""
-
-    service: str
-    features: list[str]  # the service's feature names, in order
-    views: list[FeatureView]  # every view the service or its on-demand views read
-    odfvs: list[OnDemandFeatureView]
-
-
-def resolve(store: FeatureStore, service_name: str) -> Contract:
-    service = store.get_feature_service(service_name)
-    views: dict[str, FeatureView] = {}
-    odfvs: list[OnDemandFeatureView] = []
-    for proj in service.feature_view_projections:
-        odfv = next((o for o in store.list_on_demand_feature_views() if o.name == proj.name), None)
-        if odfv is None:
-            views[proj.name] = store.get_feature_view(proj.name)
-        else:
-            odfvs.append(odfv)
-            for src in odfv.source_feature_view_projections.values():
-                views.setdefault(src.name, store.get_feature_view(src.name))
-    names = [f.name for p in service.feature_view_projections for f in p.features]
-    return Contract(service_name, names, list(views.values()), odfvs)
 
 
 def source_path(store: FeatureStore, view: FeatureView) -> str:

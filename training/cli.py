@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from training.store import REDIS_ENV, REPO_DIR
+from training.store import REPO_DIR
 
 
 class Group(click.Group):
