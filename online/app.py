@@ -15,6 +15,8 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -71,6 +73,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     os.environ[REDIS_ENV] = _with_timeouts(os.environ.get(REDIS_ENV, "127.0.0.1:6379"), settings.redis_timeout_s)
     store = open_store(settings.repo_path)
+    # redis-py retries a failed command with backoff for seconds by default; one immediate
+    # retry (a dropped idle connection) is all a live request can afford.
+    online_redis(store).set_retry(Retry(NoBackoff(), 1))
     bundle = load_bundle(settings.model_version, settings.model_dir, store=store)
     bundle.booster.set_param({"nthread": 1})
     app.state.store = store
@@ -84,6 +89,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         app.state.feature_log.close()
+
+
+def online_redis(store) -> redis.Redis:
+    """The redis-py client inside Feast's Redis online store (created on first use)."""
+    return store._get_provider().online_store._get_client(store.config.online_store)
 
 
 def get_bundle(request: Request) -> Bundle:
@@ -202,7 +212,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if getattr(state, "bundle", None) is None:
             return JSONResponse(status_code=503, content={"ready": False, "reason": "model not loaded"})
         try:
-            state.store._get_provider().online_store._get_client(state.store.config.online_store).ping()
+            online_redis(state.store).ping()
         except (redis.RedisError, OSError) as exc:
             ERRORS.labels(kind="online_store").inc()
             return JSONResponse(status_code=503, content={"ready": False, "reason": f"online store (Redis) not answering: {exc}"})

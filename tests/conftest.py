@@ -65,3 +65,29 @@ def small_bundle(small_repo, small_store, tmp_path_factory):
 
     model_dir = tmp_path_factory.mktemp("models")
     return train(small_store, small_repo, model_dir), model_dir
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory, redis_endpoint):
+    """Data ending today, applied, a bundle trained on it, and Redis materialized up to now.
+
+    Materialized from 120 days back (not just the last TTL), as a long-running Redis holds
+    values that have since expired: that is what the online TTL must handle.
+    """
+    from datetime import datetime, timedelta, timezone
+    from types import SimpleNamespace
+
+    from online.materialize import materialize
+    from training.train import train
+
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    repo = copy_repo(tmp_path_factory.mktemp("live") / "feature_repo")
+    generate(GenerateConfig(customers=600, seed=11, end=today), repo / "data")
+    assert feast_apply(repo, redis_endpoint).returncode == 0
+    store = open_store(repo)
+    model_dir = tmp_path_factory.mktemp("live_models")
+    result = train(store, repo, model_dir)
+    now = datetime.now(timezone.utc)
+    store.materialize(start_date=now - timedelta(days=120), end_date=now)
+    materialize(store, now)
+    return SimpleNamespace(repo=repo, store=store, model_dir=model_dir, bundle=result.bundle, materialized_at=now)

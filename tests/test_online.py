@@ -1,0 +1,148 @@
+"""The online service against a real redis-server: predictions, errors, readiness, TTL, logs."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from online.app import create_app
+from online.feature_log import read_log
+from online.redis_server import free_port, throwaway_redis
+from online.settings import Settings
+from training.generate import ACTIVITY_FILE
+from training.store import REDIS_ENV
+
+
+def make_settings(live, tmp_path) -> Settings:
+    return Settings(repo_path=live.repo, model_dir=live.model_dir, feature_log_dir=tmp_path / "log", feature_log_flush_s=0.2)
+
+
+@pytest.fixture()
+def client(live, tmp_path):
+    with TestClient(create_app(make_settings(live, tmp_path))) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def known(live):
+    """A customer with fresh features, one whose only activity has expired, and an unknown ID."""
+    act = pd.read_parquet(live.repo / "data" / ACTIVITY_FILE)
+    last = act.groupby("customer_id")["event_timestamp"].max()
+    now = pd.Timestamp(live.materialized_at)
+    fresh = int(last[last > now - timedelta(days=3)].index[0])
+    expired = int(last[(last < now - timedelta(days=35)) & (last > now - timedelta(days=100))].index[0])
+    return {"fresh": fresh, "expired": expired, "unknown": 10**12}
+
+
+def test_predict_single(client, known, live):
+    r = client.post("/predict", json={"customer_id": known["fresh"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) >= {"customer_id", "churn_probability", "churn_prediction", "risk_segment", "model_name", "model_version", "features_as_of"}
+    assert body["model_version"] == live.bundle.version and 0 <= body["churn_probability"] <= 1
+    assert "features" not in body
+    with_features = client.post("/predict?include_features=true", json={"customer_id": known["fresh"]}).json()
+    assert list(with_features["features"]) == live.bundle.feature_names
+    assert with_features["features"]["logins_7d"] is not None
+
+
+def test_predict_batch_keeps_order_and_marks_not_found(client, known):
+    ids = [known["expired"], known["unknown"], known["fresh"]]
+    r = client.post("/predict/batch", json={"customer_ids": ids})
+    assert r.status_code == 200
+    preds = r.json()["predictions"]
+    assert [p["customer_id"] for p in preds] == ids
+    assert [p["status"] for p in preds] == ["ok", "not_found", "ok"]
+
+
+def test_unknown_customer_is_404(client, known):
+    r = client.post("/predict", json={"customer_id": known["unknown"]})
+    assert r.status_code == 404 and "no features" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"customer_id": "42"}, {"customer_id": 4.5}, {}, {"customer_id": -1}, {"customer_id": 2**63}, {"customer_id": None}, [1, 2]],
+)
+def test_bad_single_requests_are_422(client, body):
+    r = client.post("/predict", json=body)
+    assert r.status_code == 422 and r.json()["detail"]
+
+
+def test_bad_batch_requests_are_422(client):
+    assert client.post("/predict/batch", json={"customer_ids": list(range(1001))}).status_code == 422
+    assert client.post("/predict/batch", json={"customer_ids": []}).status_code == 422
+    assert client.post("/predict/batch", json={"customer_ids": [1, "x"]}).status_code == 422
+    assert client.post("/predict", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+
+
+def test_online_applies_the_view_ttl(client, known, live):
+    """Redis still holds the expired activity row; the service must not use it."""
+    raw = live.store.get_online_features(features=["customer_activity:logins_7d"], entity_rows=[{"customer_id": known["expired"]}]).to_dict()
+    assert raw["logins_7d"][0] is not None  # Feast's Redis read ignores TTL
+    feats = client.post("/predict?include_features=true", json={"customer_id": known["expired"]}).json()["features"]
+    assert feats["logins_7d"] is None and feats["days_since_last_active"] is None
+    assert feats["plan"] is not None  # the profile view's TTL is long
+
+
+def test_model_is_loaded_once_and_metrics_count(client, known):
+    for _ in range(5):
+        client.post("/predict", json={"customer_id": known["fresh"]})
+    assert client.app.state.loads == 1
+    text = client.get("/metrics").text
+    line = next(l for l in text.splitlines() if l.startswith('skewless_request_seconds_count{method="POST",route="/predict",status="200"}'))
+    assert float(line.split()[-1]) >= 5
+    assert "skewless_feature_lookup_seconds_count" in text and "skewless_model_seconds_count" in text
+
+
+def test_health_ready_and_docs(client):
+    assert client.get("/health").json() == {"status": "alive"}
+    assert client.get("/ready").json()["ready"] is True
+    assert "/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_redis_down_fails_fast_and_recovers(live, tmp_path, monkeypatch):
+    port = free_port()
+    with throwaway_redis(port) as endpoint:
+        monkeypatch.setenv(REDIS_ENV, endpoint.feast)
+        with TestClient(create_app(make_settings(live, tmp_path))) as c:
+            assert c.get("/ready").status_code == 200
+    # That server is stopped now: the app must answer 503 fast and stay up.
+    monkeypatch.setenv(REDIS_ENV, endpoint.feast)
+    with TestClient(create_app(make_settings(live, tmp_path))) as c:
+        r = c.get("/ready")
+        assert r.status_code == 503 and "Redis" in r.json()["reason"]
+        t = time.perf_counter()
+        r = c.post("/predict", json={"customer_id": 1})
+        assert r.status_code == 503 and "unavailable" in r.json()["detail"]
+        assert time.perf_counter() - t < 1.0
+        with throwaway_redis(port):  # Redis is back on the same port: no restart of the app needed
+            assert c.get("/ready").status_code == 200
+            assert c.post("/predict", json={"customer_id": 1}).status_code == 404  # empty, but answering
+
+
+def test_feature_log_is_flushed_on_shutdown(live, known, tmp_path):
+    settings_ = make_settings(live, tmp_path)
+    settings_.feature_log_flush_s = 3600  # only the shutdown flush can write it
+    with TestClient(create_app(settings_)) as c:
+        c.post("/predict", json={"customer_id": known["fresh"]})
+        c.post("/predict/batch", json={"customer_ids": [known["fresh"], known["expired"], known["unknown"]]})
+    log = read_log(tmp_path / "log").to_pandas()
+    assert len(log) == 3  # not_found is not a prediction
+    assert set(log.columns) >= {"customer_id", "request_time", "model_version", "churn_probability", *live.bundle.feature_names}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+                         lambda c: st.lists(c, max_size=3) | st.dictionaries(st.sampled_from(["customer_id", "customer_ids", "x"]), c, max_size=3),
+                         max_leaves=8),
+       path=st.sampled_from(["/predict", "/predict/batch", "/predict?include_features=true"]))
+def test_no_body_makes_a_5xx(client, body, path):
+    assert client.post(path, json=body).status_code < 500
