@@ -117,8 +117,12 @@ scoring_request = RequestSource(
 def customer_derived(inputs: dict) -> dict:
     """Derived features; None wherever an input is missing, never a made-up default."""
 
+    # Whole seconds: Feast's online store keeps UnixTimestamp features to the second, so
+    # sub-second parts would make online and offline differ.
     def days(later, earlier):
-        return None if later is None or earlier is None else (later - earlier).total_seconds() / 86400.0
+        if later is None or earlier is None:
+            return None
+        return (later.replace(microsecond=0) - earlier.replace(microsecond=0)).total_seconds() / 86400.0
 
     def ratio(num, den):
         return None if num is None or den is None or den == 0 else float(num) / float(den)

@@ -71,8 +71,8 @@ def small_bundle(small_repo, small_store, tmp_path_factory):
 def live(tmp_path_factory, redis_endpoint):
     """Data ending today, applied, a bundle trained on it, and Redis materialized up to now.
 
-    Materialized from 120 days back (not just the last TTL), as a long-running Redis holds
-    values that have since expired: that is what the online TTL must handle.
+    Activity is also loaded from 120 days back (not just the last TTL), as a long-running Redis
+    holds values that have since expired: that is what the online TTL must handle.
     """
     from datetime import datetime, timedelta, timezone
     from types import SimpleNamespace
@@ -88,6 +88,6 @@ def live(tmp_path_factory, redis_endpoint):
     model_dir = tmp_path_factory.mktemp("live_models")
     result = train(store, repo, model_dir)
     now = datetime.now(timezone.utc)
-    store.materialize(start_date=now - timedelta(days=120), end_date=now)
-    materialize(store, now)
+    materialize(store, now)  # first run: each view from now - its TTL
+    store.materialize(start_date=now - timedelta(days=120), end_date=now, feature_views=["customer_activity"])
     return SimpleNamespace(repo=repo, store=store, model_dir=model_dir, bundle=result.bundle, materialized_at=now)
