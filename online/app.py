@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, StrictInt
 from starlette.responses import Response
 
 from online.feature_log import FeatureLogger
-from online.features import LookupResult, OnlineFeatures
+from online.features import OnlineFeatures
 from online.metrics import ERRORS, FEATURE_AGE, FEATURE_LOOKUP, MODEL, REQUESTS
 from online.settings import Settings
 from training.bundle import Bundle, load_bundle
