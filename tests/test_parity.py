@@ -185,3 +185,26 @@ def test_skew_report_finds_nothing_on_clean_logs_and_flags_a_changed_value(live,
     log.to_parquet(tmp_path / "log" / "date=x" / "part-1-1.parquet")
     skewed = CliRunner().invoke(main, args + ["--max-psi", "100"])
     assert skewed.exit_code == 1 and "skew in spend_30d" in skewed.output, skewed.output
+
+
+def test_batch_and_online_refuse_a_bundle_after_the_contract_changes(live, tmp_path, redis_endpoint):
+    """Change a feature view, re-apply: the batch job and the service both refuse to start."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from training.bundle import BundleError
+    from training.cli import main
+
+    repo = copy_repo(tmp_path / "feature_repo")
+    for f in (live.repo / "data").glob("*.parquet"):
+        shutil.copy(f, repo / "data")
+    defs = repo / "definitions.py"
+    defs.write_text(defs.read_text().replace('Field(name="seats", dtype=Int64', 'Field(name="seats", dtype=Float64'))
+    assert feast_apply(repo, redis_endpoint).returncode == 0
+    r = CliRunner().invoke(main, ["score", "--repo", str(repo), "--model-dir", str(live.model_dir), "--as-of", "now",
+                                  "--db", str(tmp_path / "p.duckdb"), "--parquet-dir", str(tmp_path / "p")])
+    assert r.exit_code == 1 and "('seats', 'Int64')" in r.output and not (tmp_path / "p.duckdb").exists()
+    with pytest.raises(BundleError, match="registry's differs"):
+        with TestClient(create_app(Settings(repo_path=repo, model_dir=live.model_dir, feature_log_dir=tmp_path / "log"))):
+            pass
