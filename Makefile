@@ -9,10 +9,11 @@ UV := $(or $(shell command -v uv 2>/dev/null),.tools/bin/uv)
 UV_VERSION := 0.13.9
 RUN := $(UV) run --frozen --no-sync
 CUSTOMERS ?= 50000
+DEMO_START := $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 
 .PHONY: demo test install redis clean help
 help:
-	@echo "make demo   install, generate $(CUSTOMERS) customers, apply the Feast repo, train"
+	@echo "make demo   install, generate $(CUSTOMERS) customers, apply, train, batch-score, serve, skew report"
 	@echo "make test   install and run the tests"
 
 ## install: uv (if missing) and the locked environment in .venv
@@ -36,6 +37,10 @@ demo: install redis
 	$(RUN) skewless generate --customers $(CUSTOMERS)
 	$(RUN) skewless apply
 	$(RUN) skewless train
+	$(RUN) skewless score --as-of now
+	$(RUN) skewless demo-online
+	@# the report's exit code is for schedulers; in the demo a few requests make any drift alarm noise
+	-$(RUN) skewless skew-report --since $(DEMO_START)
 
 test: install redis
 	$(RUN) pytest -q

@@ -22,10 +22,11 @@ from training.store import REPO_DIR
 DEFAULT_LOOKBACK = timedelta(days=7)
 
 
-def materialize(store, end: datetime, lookback: timedelta = DEFAULT_LOOKBACK) -> dict:
+def materialize(store, end: datetime, lookback: timedelta = DEFAULT_LOOKBACK, full: bool = False) -> dict:
     """Materialize every online view up to `end`, starting `lookback` before its last end.
 
-    A view never materialized starts at `end - ttl` (what Feast's incremental run does).
+    A view never materialized, or every view with `full` (an empty or new Redis, which the
+    registry cannot know about), starts at `end - ttl` (what Feast's first incremental run does).
     Returns a summary: views, window per view, seconds.
     """
     started = time.perf_counter()
@@ -34,7 +35,7 @@ def materialize(store, end: datetime, lookback: timedelta = DEFAULT_LOOKBACK) ->
         if not view.online:
             continue
         last = view.most_recent_end_time
-        if last is None:
+        if last is None or full:
             start = end - (view.ttl if view.ttl and view.ttl.total_seconds() > 0 else timedelta(days=3650))
         else:
             start = min(last, end) - lookback
@@ -46,8 +47,9 @@ def materialize(store, end: datetime, lookback: timedelta = DEFAULT_LOOKBACK) ->
 @click.command("materialize")
 @click.option("--end", default="now", show_default=True, help="Materialize up to this time (ISO 8601 or `now`).")
 @click.option("--lookback", type=float, default=DEFAULT_LOOKBACK.days, show_default=True, help="Days re-read before the previous end, to catch late rows.")
+@click.option("--full", is_flag=True, help="Reload each view's whole TTL window (for an empty or replaced Redis).")
 @click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=REPO_DIR, show_default=True)
-def materialize_command(end: str, lookback: float, repo: Path) -> None:
+def materialize_command(end: str, lookback: float, full: bool, repo: Path) -> None:
     """Load the latest feature values into the Redis online store."""
     from online.redis_server import redis_for_feast
     from training.cli import parse_time
@@ -59,7 +61,7 @@ def materialize_command(end: str, lookback: float, repo: Path) -> None:
     if lookback < 0:
         raise click.ClickException("--lookback must be 0 or more days")
     with redis_for_feast() as endpoint:
-        summary = materialize(open_store(repo), when, timedelta(days=lookback))
+        summary = materialize(open_store(repo), when, timedelta(days=lookback), full)
         keys = endpoint.client().dbsize()
     for name, (start, stop) in summary["views"].items():
         click.echo(f"  {name}: {start:%Y-%m-%d %H:%M} .. {stop:%Y-%m-%d %H:%M} UTC")

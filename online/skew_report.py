@@ -182,7 +182,9 @@ def build_report(store, bundle: Bundle, log_dir: Path, db_path: Path | None, sin
                 "(SELECT max(as_of) FROM churn_predictions WHERE model_version = ?)", [bundle.version, bundle.version]
             ).df()["churn_probability"]
     training_scores = pd.Series(score(bundle, training).probability)
-    drift = drift_table(bundle, training, served, batch_scores, training_scores)
+    # drift compares populations: one row per customer (its latest request), not per request
+    population = served.sort_values("request_time").drop_duplicates("customer_id", keep="last")
+    drift = drift_table(bundle, training, population, batch_scores, training_scores)
     return {"requests": len(served), "skews": skews, "drift": drift}
 
 

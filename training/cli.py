@@ -30,6 +30,7 @@ class Group(click.Group):
         "materialize": "online.materialize:materialize_command",
         "serve": "online.cli:serve",
         "skew-report": "online.skew_report:skew_report_command",
+        "demo-online": "online.demo:demo_online",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
