@@ -34,7 +34,7 @@ def demo_online(repo: Path, count: int) -> None:
         now = datetime.now(timezone.utc)
         summary = materialize(store, now, full=True)  # the Redis may be a new, empty one
         click.echo(f"materialized {len(summary['views'])} views into redis {endpoint.host}:{endpoint.port} in {summary['seconds']:.1f}s")
-        ids = active_customers(store, now).head(count).tolist()
+        ids = active_customers(store, now).sample(count, random_state=1).tolist()
         port = free_port()
         env = dict(os.environ, SKEWLESS_REPO_PATH=str(repo))
         server = subprocess.Popen(
@@ -62,6 +62,11 @@ def demo_online(repo: Path, count: int) -> None:
             click.echo(httpx.post(f"{base}/predict/batch", json=body).text)
             click.echo(f"$ curl -s {base}/ready")
             click.echo(httpx.get(f"{base}/ready").text)
+            # some traffic for the skew report: 1,000 active customers, 100 per request
+            crowd = active_customers(store, now).sample(min(1000, count * 1000), random_state=0).tolist()
+            for i in range(0, len(crowd), 100):
+                httpx.post(f"{base}/predict/batch", json={"customer_ids": crowd[i:i + 100]}, timeout=30).raise_for_status()
+            click.echo(f"served {len(crowd):,} more predictions through /predict/batch for the skew report")
         finally:
             server.terminate()  # a clean shutdown flushes the feature log
             server.wait(timeout=30)

@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,7 +24,6 @@ import redis
 
 from training.store import REDIS_ENV
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
 INSTALL_HINT = "install Redis (Debian/Ubuntu: `apt-get install redis-server`, macOS: `brew install redis`) or set REDIS_URL"
 
 
@@ -82,13 +82,18 @@ class RedisEndpoint:
             return False
 
 
-def configured_endpoint() -> RedisEndpoint:
-    """The endpoint the environment asks for: REDIS_URL, else SKEWLESS_REDIS, else localhost."""
+def configured_endpoint() -> RedisEndpoint | None:
+    """The endpoint the environment asks for: REDIS_URL, else SKEWLESS_REDIS, else none.
+
+    No silent fallback to localhost:6379: a Redis that happens to run there may hold another
+    checkout's keys under the same Feast project, and mixing them is exactly the skew this
+    project exists to prevent.
+    """
     if os.environ.get("REDIS_URL"):
         return RedisEndpoint.from_url(os.environ["REDIS_URL"])
     if os.environ.get(REDIS_ENV):
         return RedisEndpoint.from_feast(os.environ[REDIS_ENV])
-    return RedisEndpoint.from_url(DEFAULT_URL)
+    return None
 
 
 def free_port() -> int:
@@ -133,7 +138,9 @@ def redis_for_feast() -> Iterator[RedisEndpoint]:
     """The configured Redis if it answers, else a throwaway one; exported for Feast meanwhile."""
     endpoint = configured_endpoint()
     with contextlib.ExitStack() as stack:
-        if not endpoint.ping():
+        if endpoint is None or not endpoint.ping():
+            if endpoint is not None:
+                print(f"redis {endpoint.host}:{endpoint.port} does not answer: using a throwaway redis-server", file=sys.stderr)
             endpoint = stack.enter_context(throwaway_redis())
         previous = os.environ.get(REDIS_ENV)
         os.environ[REDIS_ENV] = endpoint.feast
