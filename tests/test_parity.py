@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from batch.job import run_batch
 from batch.retrieval import resolve, stream_features
 from online.app import create_app
-from online.materialize import materialize
+from online.materialize import DEFAULT_LOOKBACK, materialize
 from online.redis_server import throwaway_redis
 from online.settings import Settings
 from training.dataset import historical_features
@@ -141,20 +141,20 @@ def online_logins(store, ids):
     return store.get_online_features(features=["customer_activity:logins_7d"], entity_rows=[{"customer_id": i} for i in ids]).to_dict()["logins_7d"]
 
 
-@pytest.mark.parametrize("lookback_days, expect_caught", [(7, True), (0, False)])
-def test_late_rows_reach_redis_only_with_the_lookback(late_repo, monkeypatch, lookback_days, expect_caught):
+@pytest.mark.parametrize("lookback, expect_caught", [(DEFAULT_LOOKBACK, True), (timedelta(0), False)])
+def test_late_rows_reach_redis_only_with_the_lookback(late_repo, monkeypatch, lookback, expect_caught):
     """Materialize to T1; a row for T1-1d arrives at T1+1d; the next run must still load it."""
     repo, rows = late_repo
     t1 = NOW - timedelta(days=3)
     with throwaway_redis() as endpoint:
         monkeypatch.setenv(REDIS_ENV, endpoint.feast)
         store = open_store(repo)
-        materialize(store, t1, timedelta(days=lookback_days))
+        materialize(store, t1, lookback)
         assert online_logins(store, [1, 2]) == [1, 1]
         # customer 1: a late row newer than Redis's value; customer 2: a late row older than it
         rows += [activity(1, t1 - timedelta(days=1), t1 + timedelta(days=1), 9), activity(2, NOW - timedelta(days=6), t1 + timedelta(days=1), 7)]
         write_activity(repo, rows)
-        materialize(store, NOW, timedelta(days=lookback_days))
+        materialize(store, NOW, lookback)
         got = online_logins(store, [1, 2])
     assert got[0] == (9 if expect_caught else 1)
     assert got[1] == 1  # newer wins: an older late row never overwrites
