@@ -49,3 +49,26 @@ def test_apply_is_idempotent_and_works_on_a_fresh_copy(tmp_path, redis_endpoint,
     assert second.returncode == 0, second.stderr
     assert (repo / "data" / "registry.db").exists()
     assert open_store(repo).get_feature_service("churn_v1").name == "churn_v1"
+
+
+def test_stock_cli_materialize_incremental(tmp_path, redis_endpoint, small_repo):
+    """`cd feature_repo && feast materialize-incremental <ts>` works as a user runs it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from online.redis_server import throwaway_redis
+    from training.store import REDIS_ENV
+
+    repo = copy_repo(tmp_path / "feature_repo")
+    for f in (small_repo / "data").glob("*.parquet"):
+        shutil.copy(f, repo / "data")
+    with throwaway_redis() as endpoint:
+        assert feast_apply(repo, endpoint).returncode == 0
+        env = dict(os.environ, **{REDIS_ENV: endpoint.feast})
+        feast_cli = Path(sys.executable).with_name("feast")
+        r = subprocess.run([str(feast_cli), "materialize-incremental", "2026-11-01T00:00:00"], cwd=repo, env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert endpoint.client().dbsize() > 500
