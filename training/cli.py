@@ -62,6 +62,11 @@ class Group(click.Group):
         except (ValueError, RuntimeError, LookupError) as exc:
             lines = str(exc).strip().splitlines()
             raise click.ClickException(lines[0] if lines else type(exc).__name__) from exc
+        except Exception as exc:
+            if type(exc).__module__.lstrip("_").startswith("duckdb"):  # e.g. out of memory, a broken file
+                lines = str(exc).strip().splitlines()
+                raise click.ClickException(f"DuckDB: {lines[0] if lines else type(exc).__name__}") from exc
+            raise
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
