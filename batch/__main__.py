@@ -1,5 +1,7 @@
-"""`python -m batch ...` is `skewless score ...`, for schedulers."""
+"""`python -m batch ...` is `skewless score ...`, for schedulers that call modules, not scripts."""
+
+import sys
 
 from training.cli import main
 
-main(["score", *__import__("sys").argv[1:]], prog_name="python -m batch")
+main(["score", *sys.argv[1:]], prog_name="python -m batch")

@@ -1,13 +1,17 @@
-"""`skewless score`: batch scoring as of a time, and `skewless score status` for freshness.
+"""`skewless score`: batch scoring as of a time; `skewless score status`: freshness.
 
-Also runnable from a scheduler as `python -m batch ...`.
+`score` is a click group that runs a scoring job when called without a subcommand, so the
+everyday form stays short (`skewless score --as-of now`) and the scheduler's check reads as
+what it is (`skewless score status --max-age 26h`). Also runnable as `python -m batch ...`.
+
+Every expected failure (unknown model, as-of in the future or before the data, a bad IDs
+file, an unwritable output) is one line on stderr and exit code 1, with nothing written.
 """
 
 from __future__ import annotations
 
-import re
+import json
 import sys
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import click
@@ -15,117 +19,242 @@ import click
 from training.cli import parse_time
 from training.store import REPO_DIR
 
+MAX_ID = 2**63 - 1
 
-def read_ids(path: Path) -> tuple["pd.Series", int]:  # noqa: F821
-    """Customer IDs from a file, one per line (blank lines and # comments allowed).
 
-    Junk lines make the whole file invalid (ClickException with the count and the first one),
-    so a half-right list never scores half the customers; duplicates are scored once.
+def read_ids(path: Path) -> tuple[list[int], int]:
+    """Customer IDs from a file, one per line; returns (unique IDs in file order, duplicates).
+
+    Blank lines, `#` comments and a `customer_id` header line are allowed. Any other line that
+    is not a non-negative 64-bit integer makes the whole file invalid (ClickException with the
+    count and the first bad line), so a half-right list never scores half the customers.
+    Duplicates are not an error: each customer is scored once and the count is reported.
     """
-    import pandas as pd
-
-    ids, junk, first_junk = [], 0, None
-    for n, raw in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        raise click.ClickException(f"--customers {path}: no such file") from None
+    except IsADirectoryError:
+        raise click.ClickException(f"--customers {path}: is a directory, not a file of IDs") from None
+    except OSError as exc:
+        raise click.ClickException(f"--customers {path}: cannot read it ({exc.strerror or exc})") from None
+    ids: list[int] = []
+    junk, first_junk = 0, None
+    seen_content = False
+    for n, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        if re.fullmatch(r"\d{1,19}", line) and int(line) < 2**63:
+        if not seen_content and line.lower() == "customer_id":
+            seen_content = True
+            continue
+        seen_content = True
+        if line.isascii() and line.isdigit() and int(line) <= MAX_ID:
             ids.append(int(line))
         else:
             junk += 1
-            first_junk = first_junk or (n, raw.strip()[:40])
+            if first_junk is None:
+                first_junk = (n, raw.strip()[:40])
     if junk:
-        raise click.ClickException(f"{path}: {junk} line(s) are not customer IDs (first: line {first_junk[0]}: {first_junk[1]!r}); nothing was scored")
+        raise click.ClickException(
+            f"--customers {path}: {junk:,} line(s) are not customer IDs (first: line {first_junk[0]}: {first_junk[1]!r}); nothing was scored"
+        )
     if not ids:
-        raise click.ClickException(f"{path}: no customer IDs in the file")
-    series = pd.Series(ids, dtype="int64")
-    unique = series.drop_duplicates()
-    return unique, len(series) - len(unique)
+        raise click.ClickException(f"--customers {path}: no customer IDs in the file; nothing was scored")
+    unique = list(dict.fromkeys(ids))
+    return unique, len(ids) - len(unique)
 
 
-def parse_age(value: str) -> timedelta:
-    m = re.fullmatch(r"(\d+)([smhd])", value.strip())
-    if not m:
-        raise click.ClickException(f"--max-age {value!r} is not a duration (e.g. 26h, 90m, 2d)")
-    return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]: int(m.group(1))})
+def _outputs(out_dir: Path | None, db_path: Path | None, parquet_dir: Path | None) -> tuple[Path, Path]:
+    from batch.job import DEFAULT_OUT_DIR
+
+    base = out_dir or DEFAULT_OUT_DIR
+    return db_path or base / "predictions.duckdb", parquet_dir or base / "predictions"
 
 
 @click.group(invoke_without_command=True)
-@click.option("--as-of", "as_of", default=None, help="Score as of this time (ISO 8601 or `now`). Required unless a subcommand is given.")
-@click.option("--customers", "ids_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="File of customer IDs, one per line.")
+@click.option("--as-of", "as_of", default=None, help="Score as of this time: ISO 8601 (UTC when no zone) or `now`. Required unless a subcommand is given.")
+@click.option("--customers", "ids_file", type=click.Path(path_type=Path), default=None, help="File of customer IDs, one per line (blank lines, # comments, a customer_id header allowed).")
 @click.option("--all-active", is_flag=True, help="All customers active at the as-of time (the default).")
 @click.option("--model", "version", default="latest", show_default=True, help="Model version to score with.")
 @click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where bundles are (default: models/, or SKEWLESS_MODEL_DIR).")
-@click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=REPO_DIR, show_default=True)
-@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="DuckDB file (default: data/predictions.duckdb).")
-@click.option("--parquet-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Parquet root (default: data/predictions/).")
-@click.option("--engine", type=click.Choice(["duckdb", "feast"]), default="duckdb", show_default=True, help="duckdb: streamed as-of retrieval; feast: Feast's get_historical_features per chunk.")
-@click.option("--chunk-rows", type=int, default=250_000, show_default=True)
+@click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=REPO_DIR, show_default=True, help="The Feast repository.")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output root: DIR/predictions.duckdb and DIR/predictions/churn_predictions/ (default: data/).")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="DuckDB file (overrides --out-dir).")
+@click.option("--parquet-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Parquet root holding churn_predictions/ (overrides --out-dir).")
+@click.option("--engine", type=click.Choice(["duckdb", "feast"]), default="duckdb", show_default=True, help="duckdb: as-of retrieval generated from the registry; feast: Feast's get_historical_features per chunk (the reference).")
+@click.option("--chunk-rows", type=int, default=None, help="Customers per chunk (default 250,000): bounds memory.")
+@click.option("--top", "top_n", type=int, default=10, show_default=True, help="Print this many highest-risk customers at the end (0: none).")
+@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the run summary (counts, stage times, peak RSS) as JSON here.")
 @click.pass_context
-def score(ctx, as_of, ids_file, all_active, version, model_dir, repo, db_path, parquet_dir, engine, chunk_rows) -> None:
-    """Score customers as of a time into DuckDB (churn_predictions) and Parquet."""
+def score(ctx, as_of, ids_file, all_active, version, model_dir, repo, out_dir, db_path, parquet_dir, engine, chunk_rows, top_n, summary_json) -> None:
+    """Score customers as of a time into DuckDB (table churn_predictions) and Parquet.
+
+    \b
+    skewless score --as-of now                        all active customers, latest model
+    skewless score --as-of 2026-10-31T00:00:00Z --customers ids.txt --model <version>
+    skewless score status --max-age 26h               freshness check (exit 1 when stale)
+    """
     if ctx.invoked_subcommand is not None:
         return
     if as_of is None:
-        raise click.ClickException("--as-of is required (ISO 8601 time or `now`)")
+        raise click.ClickException("--as-of is required (ISO 8601 time or `now`), or use `skewless score status`")
     if ids_file is not None and all_active:
         raise click.ClickException("give either --customers FILE or --all-active, not both")
-    if chunk_rows <= 0:
-        raise click.ClickException("--chunk-rows must be positive")
+    if chunk_rows is not None and chunk_rows <= 0:
+        raise click.ClickException(f"--chunk-rows must be a positive number, got {chunk_rows}")
+    if top_n < 0:
+        raise click.ClickException(f"--top must be 0 or more, got {top_n}")
+    when = parse_time(as_of)
+    if as_of == "now":
+        when = when.replace(microsecond=0)  # whole seconds, as the derived features use
+    ids, duplicates = (None, 0)
+    if ids_file is not None:
+        ids, duplicates = read_ids(ids_file)
+    db, parquet_root = _outputs(out_dir, db_path, parquet_dir)
+    summary = _run(repo, model_dir, version, when, ids, db, parquet_root, engine, chunk_rows)
+    for warning in summary.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if duplicates:
+        click.echo(f"warning: {ids_file}: {duplicates:,} duplicate ID(s), each customer scored once", err=True)
+    _print_summary(summary, db, parquet_root)
+    if top_n:
+        from batch.status import top_customers
+
+        _print_top(top_customers(db, top_n, run_id=summary.run_id), indent="  ")
+    if summary_json is not None:
+        summary_json.write_text(json.dumps(summary.to_json() | {"duplicates": duplicates}, indent=2) + "\n")
+
+
+def _run(repo, model_dir, version, when, ids, db, parquet_root, engine, chunk_rows):
+    import duckdb
     from tqdm import tqdm
 
-    from batch.job import DEFAULT_DB, DEFAULT_PARQUET, run_batch
+    from batch.job import run_batch
+    from batch.outputs import OutputError
+    from batch.retrieval import DEFAULT_CHUNK_ROWS
     from training.bundle import DEFAULT_MODEL_DIR, BundleError, load_bundle
     from training.store import open_store
 
-    when = parse_time(as_of)
-    ids, duplicates = (None, 0)
-    if ids_file is not None:
-        if not ids_file.is_file():
-            raise click.ClickException(f"--customers {ids_file}: no such file")
-        ids, duplicates = read_ids(ids_file)
     store = open_store(repo)
     try:
         bundle = load_bundle(version, model_dir or DEFAULT_MODEL_DIR, store=store)
     except BundleError as exc:
         raise click.ClickException(str(exc)) from None
-    with tqdm(unit="customer", unit_scale=True, desc="score", file=sys.stderr, disable=None) as bar:
-        summary = run_batch(
-            store, bundle, when, ids, db_path or DEFAULT_DB, parquet_dir or DEFAULT_PARQUET, chunk_rows, engine,
-            progress=bar.update, on_total=lambda n: setattr(bar, "total", n),
-        )
-    secs = summary.total_seconds
-    click.echo(f"scored {summary.customers:,} customers as of {when.isoformat()} with {bundle.name}/{bundle.version} (run {summary.run_id})")
-    if duplicates:
-        click.echo(f"  {duplicates} duplicate ID(s) in {ids_file} scored once")
-    click.echo("  by risk segment: " + ", ".join(f"{s['name']} {summary.by_segment.get(s['name'], 0):,}" for s in bundle.segments))
-    click.echo(f"  customers with missing features: {summary.with_missing_features:,}")
-    click.echo("  time: " + ", ".join(f"{k} {v:.2f}s" for k, v in summary.seconds.items()) + f"; total {secs:.2f}s ({summary.customers / max(secs, 1e-9):,.0f} rows/s)")
-    if summary.top is not None and len(summary.top):
-        click.echo("  top high-risk customers:")
-        click.echo(f"    {'customer_id':>12}  {'probability':>11}  segment")
-        for r in summary.top.itertuples():
-            click.echo(f"    {r.customer_id:>12}  {r.churn_probability:>11.3f}  {r.risk_segment}")
+    _abort_on_sigterm()
+    with tqdm(unit="customer", unit_scale=True, desc="score", file=sys.stderr, disable=None, leave=False) as bar:
+        try:
+            return run_batch(
+                store, bundle, when, None if ids is None else ids, db, parquet_root, chunk_rows or DEFAULT_CHUNK_ROWS, engine,
+                progress=bar.update, on_total=lambda n: (setattr(bar, "total", n), bar.refresh()),
+            )
+        except OutputError as exc:
+            raise click.ClickException(str(exc)) from None
+        except duckdb.Error as exc:
+            raise click.ClickException(f"DuckDB failed: {str(exc).strip().splitlines()[0]}") from None
+
+
+def _abort_on_sigterm() -> None:
+    """Turn a scheduler's SIGTERM into an orderly abort: the staged run is discarded at once."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        raise click.ClickException("terminated (SIGTERM): this run was discarded, the previous results are intact")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _print_summary(s, db: Path, parquet_root: Path) -> None:
+    from batch.outputs import TABLE, RunKey
+
+    n = max(s.customers, 1)
+    click.echo(f"scored {s.customers:,} customers as of {s.as_of.isoformat()} with {s.model} (engine {s.engine}, run {s.run_id})")
+    click.echo("  by risk segment: " + ", ".join(f"{name} {count:,} ({count / n:.1%})" for name, count in _segments(s)))
+    click.echo(
+        f"  missing features: {s.with_missing_features:,} customers with at least one missing input "
+        f"({s.without_any_features:,} with none at all); {s.with_unseen_category:,} with a category unseen in training (scored as missing)"
+    )
+    secs = s.seconds
+    retrieve = f"retrieve {secs.get('retrieve', 0):.2f}s"
+    parts = [f"{k.split('.', 1)[1].replace('_', '-')} {v:.2f}s" for k, v in secs.items() if k.startswith("retrieve.")]
+    if parts:
+        retrieve += f" ({', '.join(parts)}; runs a chunk ahead of scoring)" if s.engine == "duckdb" else f" ({', '.join(parts)})"
+    stages = [f"customers {secs.get('customers', 0):.2f}s", retrieve] + [f"{k} {secs[k]:.2f}s" for k in ("score", "write", "commit") if k in secs]
+    click.echo("  time: " + ", ".join(stages) + f"; wall {s.wall_seconds:.2f}s, {s.rows_per_second:,.0f} rows/s")
+    peaks = ", ".join(f"{k} {v:,.0f}" for k, v in s.peak_rss_mb.items())
+    click.echo(f"  peak RSS MB: {peaks}; process {s.process_peak_rss_mb:,.0f}")
+    key_file = RunKey(*s.model.split("/", 1), s.as_of.replace(tzinfo=None))
+    click.echo(f"  outputs: {db} (table {TABLE}), {parquet_root / TABLE / key_file.partition / key_file.file_name}")
+
+
+def _print_top(top, indent: str = "") -> None:
+    """The highest-risk customers of a run, as read back from the churn_predictions table."""
+    if top.empty:
+        return
+    first = top.iloc[0]
+    click.echo(f"{indent}top {len(top)} customers by churn probability (table churn_predictions, model {first.model_version}, as-of {first.as_of:%Y-%m-%d %H:%M:%S}):")
+    click.echo(f"{indent}  {'customer_id':>12}  {'probability':>11}  {'prediction':>10}  segment")
+    for r in top.itertuples():
+        click.echo(f"{indent}  {r.customer_id:>12}  {r.churn_probability:>11.3f}  {r.churn_prediction:>10}  {r.risk_segment}")
+
+
+def _segments(s):
+    order = ["Low", "Medium", "High"]
+    names = sorted(s.by_segment, key=lambda k: (order.index(k) if k in order else len(order), k))
+    return [(name, s.by_segment[name]) for name in names]
 
 
 @score.command()
-@click.option("--max-age", default="26h", show_default=True, help="Fail when the newest run was scored longer ago than this.")
-@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="DuckDB file (default: data/predictions.duckdb).")
-def status(max_age: str, db_path: Path | None) -> None:
-    """Newest run per model; exits 1 when it is older than --max-age or there is none."""
-    from batch.job import DEFAULT_DB
-    from batch.outputs import latest_runs
+@click.option("--max-age", default="26h", show_default=True, help="Fail when the newest run was scored longer ago than this (e.g. 26h, 90m, 2d).")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output root holding predictions.duckdb (default: data/).")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="DuckDB file (overrides --out-dir).")
+def status(max_age: str, out_dir: Path | None, db_path: Path | None) -> None:
+    """Newest run per model (as-of, scored-at, rows); exit 1 when older than --max-age or absent."""
+    from batch.outputs import OutputError
+    from batch.status import check_freshness, parse_age
 
-    limit = parse_age(max_age)
-    runs = latest_runs(db_path or DEFAULT_DB)
-    if runs.empty:
-        raise click.ClickException(f"no batch runs in {db_path or DEFAULT_DB}: predictions are absent")
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
-    stale = []
-    for r in runs.itertuples():
-        age = now - r.scored_at.to_pydatetime()
-        click.echo(f"{r.model_name}/{r.model_version}: as_of {r.as_of:%Y-%m-%d %H:%M:%S}, scored {r.scored_at:%Y-%m-%d %H:%M:%S} UTC ({age.total_seconds() / 3600:.1f}h ago), {r.rows:,} rows")
-        if age > limit:
-            stale.append(r.model_name)
-    if stale:
-        raise click.ClickException(f"stale predictions for {', '.join(stale)}: newest run is older than {max_age}")
+    try:
+        limit = parse_age(max_age)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    db, _ = _outputs(out_dir, db_path, None)
+    try:
+        fresh = check_freshness(db, limit)
+    except OutputError as exc:
+        raise click.ClickException(str(exc)) from None
+    if fresh.runs.empty:
+        raise click.ClickException(f"no batch runs in {db}: predictions are absent (run `skewless score --as-of now`)")
+    for r in fresh.runs.itertuples():
+        age_h = (fresh.now - r.scored_at.to_pydatetime()).total_seconds() / 3600
+        mark = "STALE" if r.model_name in fresh.stale else "ok"
+        click.echo(f"{mark:5} {r.model_name}/{r.model_version}: as-of {r.as_of:%Y-%m-%d %H:%M:%S}, scored {r.scored_at:%Y-%m-%d %H:%M:%S} UTC ({age_h:.1f}h ago), {r.rows:,} rows, run {r.run_id}")
+    if fresh.stale:
+        raise click.ClickException(f"stale predictions for {', '.join(fresh.stale)}: newest run is older than {max_age}")
+
+
+@score.command()
+@click.option("-n", "--n", "n", type=int, default=10, show_default=True, help="How many customers.")
+@click.option("--run-id", default=None, help="Which run (default: the newest).")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output root holding predictions.duckdb (default: data/).")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="DuckDB file (overrides --out-dir).")
+def top(n: int, run_id: str | None, out_dir: Path | None, db_path: Path | None) -> None:
+    """The highest-risk customers of the newest run (or --run-id), read from churn_predictions."""
+    from batch.outputs import OutputError
+    from batch.status import top_customers
+
+    if n <= 0:
+        raise click.ClickException(f"-n must be a positive number, got {n}")
+    db, _ = _outputs(out_dir, db_path, None)
+    if not db.exists():
+        raise click.ClickException(f"no batch runs in {db}: run `skewless score --as-of now` first")
+    try:
+        rows = top_customers(db, n, run_id)
+    except OutputError as exc:
+        raise click.ClickException(str(exc)) from None
+    if rows.empty:
+        raise click.ClickException(f"no rows for {'run ' + run_id if run_id else 'any run'} in {db}")
+    _print_top(rows)

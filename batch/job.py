@@ -2,54 +2,217 @@
 
 Features come only from point-in-time retrieval of the bundle's FeatureService
 (batch/retrieval.py), scores only from the shared scoring function (training/score.py), so a
-batch score for a customer at T is what the model would have been trained on at T.
+batch score for a customer at T is the score the model would have been trained on at T.
+Customers go through in chunks of `chunk_rows` (retrieval runs one chunk ahead in a
+background thread, DuckDB and XGBoost release the GIL), so memory stays bounded at any
+customer count; outputs are staged and swapped in at the end (batch/outputs.py).
 """
 
 from __future__ import annotations
 
-import time
+import os
+import queue
+import threading
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import TypeVar
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from batch.outputs import PredictionWriter, RunKey
-from batch.retrieval import active_customers, data_time_range, resolve, stream_features
+from batch.retrieval import (
+    DEFAULT_CHUNK_ROWS,
+    active_customers,
+    resolve,
+    source_time_ranges,
+    stream_features,
+)
+from batch.stages import StageClock, peak_rss_bytes
 from training.bundle import Bundle
 from training.score import score
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_DB = PROJECT_DIR / "data" / "predictions.duckdb"
-DEFAULT_PARQUET = PROJECT_DIR / "data" / "predictions"
+DEFAULT_OUT_DIR = PROJECT_DIR / "data"
+DEFAULT_DB = DEFAULT_OUT_DIR / "predictions.duckdb"
+DEFAULT_PARQUET = DEFAULT_OUT_DIR / "predictions"
+
+T = TypeVar("T")
+
+
+class NothingToScore(ValueError):
+    """The run has no customers (none active at the as-of time, or an empty list)."""
 
 
 @dataclass
 class BatchSummary:
     run_id: str
     as_of: datetime
+    model: str
+    engine: str
     customers: int = 0
     by_segment: Counter = field(default_factory=Counter)
-    with_missing_features: int = 0
-    seconds: dict[str, float] = field(default_factory=lambda: {"customers": 0.0, "retrieve": 0.0, "score": 0.0, "write": 0.0})
-    top: pd.DataFrame | None = None
+    with_missing_features: int = 0  # at least one model input missing (null)
+    without_any_features: int = 0  # every model input missing: no row in any view at T
+    with_unseen_category: int = 0  # a category the model never saw (scored as missing)
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> busy seconds
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)  # stage -> peak RSS while it ran
+    wall_seconds: float = 0.0
+    process_peak_rss_mb: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     @property
-    def total_seconds(self) -> float:
-        return sum(self.seconds.values())
+    def rows_per_second(self) -> float:
+        return self.customers / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "run_id": self.run_id,
+            "as_of": self.as_of.isoformat(),
+            "model": self.model,
+            "engine": self.engine,
+            "customers": self.customers,
+            "by_segment": dict(self.by_segment),
+            "with_missing_features": self.with_missing_features,
+            "without_any_features": self.without_any_features,
+            "with_unseen_category": self.with_unseen_category,
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "peak_rss_mb": {k: round(v, 1) for k, v in self.peak_rss_mb.items()},
+            "wall_seconds": round(self.wall_seconds, 3),
+            "rows_per_second": round(self.rows_per_second, 1),
+            "process_peak_rss_mb": round(self.process_peak_rss_mb, 1),
+            "warnings": self.warnings,
+        }
 
 
-def check_as_of(store, contract, as_of: datetime) -> None:
-    """Refuse an as-of time in the future or before any data, with the valid range."""
+def check_as_of(store, contract, as_of: datetime) -> list[str]:
+    """Refuse an as-of time in the future or before any data, naming the valid range.
+
+    Returns warnings for views whose every row has expired by `as_of` (newest event older than
+    the view's TTL): legal, the features are null as Feast would give them, but usually a sign
+    of a stale upstream export or a mistyped as-of time.
+    """
     now = datetime.now(timezone.utc)
     if as_of > now:
-        raise ValueError(f"--as-of {as_of.isoformat()} is in the future (now is {now.isoformat(timespec='seconds')})")
-    first, last = data_time_range(store, contract)
+        raise ValueError(f"--as-of {as_of.isoformat()} is in the future (now is {now.isoformat(timespec='seconds')}): scores can only use what is known")
+    ranges = source_time_ranges(store, contract)
+    found = [r for r in ranges.values() if r is not None]
+    if not found:
+        raise ValueError("the feature views' sources hold no rows: run `skewless generate`")
+    first = min(lo for lo, _ in found)
     if as_of < first:
         raise ValueError(f"--as-of {as_of.isoformat()} is before any data (the sources start at {first.isoformat()})")
+    warnings = []
+    for view in contract.views:
+        newest = ranges.get(view.name)
+        if view.ttl and newest is not None and as_of - newest[1] > view.ttl:
+            warnings.append(f"every row of {view.name} has expired at {as_of.isoformat()} (newest {newest[1]:%Y-%m-%d %H:%M}, TTL {view.ttl.days}d): its features are null for all customers")
+    return warnings
+
+
+def prefetch(items: Iterator[T], clock: StageClock, stage: str = "retrieve", depth: int = 1) -> Iterator[T]:
+    """Iterate `items` in a background thread, `depth` items ahead, timing each step as `stage`.
+
+    Errors in the background surface here. When the consumer stops early (an error while
+    scoring or writing), the producer is told to stop and joined before this returns.
+    """
+    done, stop = object(), threading.Event()
+    q: queue.Queue = queue.Queue(maxsize=depth)
+
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            while not stop.is_set():
+                with clock.stage(stage):
+                    item = next(items, done)
+                put(item)
+                if item is done:
+                    return
+        except BaseException as exc:  # noqa: BLE001  (handed to the consumer, raised there)
+            put(_Failure(exc))
+
+    thread = threading.Thread(target=produce, name="batch-retrieval", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
+@dataclass
+class _Failure:
+    exc: BaseException
+
+
+def timed(items: Iterator[T], clock: StageClock, stage: str = "retrieve") -> Iterator[T]:
+    """Iterate `items` in this thread, timing each step as `stage`."""
+    done = object()
+    while True:
+        with clock.stage(stage):
+            item = next(items, done)
+        if item is done:
+            return
+        yield item
+
+
+def prediction_table(ids: np.ndarray, scores, bundle: Bundle, as_of: datetime, scored_at: datetime, run_id: str) -> pa.Table:
+    """One chunk of output rows (the churn_predictions schema); times are naive UTC."""
+    n = len(ids)
+
+    def const(value, type_: pa.DataType) -> pa.Array:
+        return pa.repeat(pa.scalar(value, type_), n) if n else pa.array([], type_)
+
+    return pa.table(
+        {
+            "customer_id": pa.array(ids, pa.int64()),
+            "churn_probability": pa.array(scores.probability, pa.float64()),
+            "churn_prediction": pa.array(np.asarray(scores.prediction, dtype=np.int32), pa.int32()),
+            "risk_segment": pa.array(scores.risk_segment, pa.string()),
+            "model_name": const(bundle.name, pa.string()),
+            "model_version": const(bundle.version, pa.string()),
+            "as_of": const(as_of, pa.timestamp("us")),
+            "scored_at": const(scored_at, pa.timestamp("us")),
+            "run_id": const(run_id, pa.string()),
+        }
+    )
+
+
+def _cores() -> int:
+    """CPUs this process may run on (the affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _count_inputs(bundle: Bundle, frame: pd.DataFrame) -> tuple[int, int, int]:
+    """(rows with a missing input, rows with no input at all, rows with an unseen category)."""
+    missing = frame[bundle.feature_names].isna()
+    unseen = np.zeros(len(frame), dtype=bool)
+    for spec in bundle.features:
+        if spec.is_categorical:
+            col = frame[spec.name]
+            unseen |= (col.notna() & ~col.isin(list(spec.categories or ()))).to_numpy()
+    return int(missing.any(axis=1).sum()), int(missing.all(axis=1).sum()), int(unseen.sum())
 
 
 def run_batch(
@@ -59,56 +222,73 @@ def run_batch(
     customer_ids: pd.Series | None = None,
     db_path: Path = DEFAULT_DB,
     parquet_root: Path = DEFAULT_PARQUET,
-    chunk_rows: int = 250_000,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
     engine: str = "duckdb",
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> BatchSummary:
-    contract = resolve(store, bundle.feature_service)
-    check_as_of(store, contract, as_of)
-    run_id = f"{as_of:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    summary = BatchSummary(run_id=run_id, as_of=as_of)
+    """Score `customer_ids` (default: everyone active at `as_of`) and swap the run into the outputs.
 
-    t = time.perf_counter()
-    ids = active_customers(store, as_of) if customer_ids is None else customer_ids
-    summary.seconds["customers"] = time.perf_counter() - t
-    if on_total:
-        on_total(len(ids))
-
-    bundle.booster.set_param({"nthread": 2})
-    as_of_naive = as_of.astimezone(timezone.utc).replace(tzinfo=None)
-    writer = PredictionWriter(db_path, parquet_root, RunKey(bundle.name, bundle.version, as_of_naive), run_id)
-    tops: list[pd.DataFrame] = []
+    Nothing readers see changes unless the whole run succeeds; any error discards the staged rows.
+    """
+    if as_of.tzinfo is None:
+        raise ValueError(f"as-of time {as_of.isoformat()} has no time zone")
+    as_of = as_of.astimezone(timezone.utc)
+    clock = StageClock()
+    summary: BatchSummary | None = None
     try:
-        t = time.perf_counter()
-        for features in stream_features(store, contract, ids, as_of, chunk_rows, engine):
-            summary.seconds["retrieve"] += time.perf_counter() - t
-            t = time.perf_counter()
-            s = score(bundle, features)
-            out = s.to_frame()
-            out.insert(0, "customer_id", features["customer_id"].to_numpy())
-            out["churn_prediction"] = out["churn_prediction"].astype("int32")
-            out["model_name"], out["model_version"] = bundle.name, bundle.version
-            out["as_of"] = as_of_naive
-            out["scored_at"] = datetime.now(timezone.utc).replace(tzinfo=None)
-            out["run_id"] = run_id
-            summary.with_missing_features += int(features[bundle.feature_names].isna().any(axis=1).sum())
-            summary.by_segment.update(s.risk_segment)
-            summary.customers += len(out)
-            tops.append(out.nlargest(10, "churn_probability"))
-            summary.seconds["score"] += time.perf_counter() - t
-            t = time.perf_counter()
-            writer.write(out)
-            summary.seconds["write"] += time.perf_counter() - t
-            if progress:
-                progress(len(out))
-            t = time.perf_counter()
-        t = time.perf_counter()
-        writer.commit()
-        summary.seconds["write"] += time.perf_counter() - t
-    except BaseException:
-        writer.abort()
-        raise
-    if tops:
-        summary.top = pd.concat(tops).nlargest(10, "churn_probability")
-    return summary
+        contract = resolve(store, bundle.feature_service)
+        warnings = check_as_of(store, contract, as_of)
+        run_id = f"{as_of:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        as_of_naive = as_of.replace(tzinfo=None)
+        scored_at = datetime.now(timezone.utc).replace(tzinfo=None)
+        summary = BatchSummary(run_id=run_id, as_of=as_of, model=f"{bundle.name}/{bundle.version}", engine=engine, warnings=warnings)
+        # outputs first: an unwritable path fails now, not after minutes of retrieval
+        writer = PredictionWriter(db_path, parquet_root, RunKey(bundle.name, bundle.version, as_of_naive), run_id)
+        try:
+            with clock.stage("customers"):
+                if customer_ids is None:
+                    ids = active_customers(store, as_of).to_numpy()
+                else:
+                    ids = np.unique(np.asarray(customer_ids, dtype=np.int64))
+            if len(ids) == 0:
+                what = "no customer is active" if customer_ids is None else "the customer list is empty"
+                raise NothingToScore(f"nothing to score: {what} at {as_of.isoformat()}")
+            if on_total:
+                on_total(len(ids))
+            bundle.booster.set_param({"nthread": _cores()})
+            parts: dict[str, float] = {}
+            frames = stream_features(store, contract, ids, as_of, chunk_rows, engine, seconds=parts, temp_dir=writer.stage_dir / "duckdb-spill")
+            # Feast's engine runs in this thread: its registry and ibis connections are not shared across threads
+            frames = prefetch(frames, clock) if engine == "duckdb" else timed(frames, clock)
+            for frame in frames:
+                with clock.stage("score"):
+                    s = score(bundle, frame)
+                    chunk_ids = frame["customer_id"].to_numpy(dtype=np.int64)
+                    table = prediction_table(chunk_ids, s, bundle, as_of_naive, scored_at, run_id)
+                    missing, empty, unseen = _count_inputs(bundle, frame)
+                    summary.with_missing_features += missing
+                    summary.without_any_features += empty
+                    summary.with_unseen_category += unseen
+                    segments, counts = np.unique(np.asarray(s.risk_segment, dtype=object).astype(str), return_counts=True)
+                    summary.by_segment.update(dict(zip(segments.tolist(), counts.tolist())))
+                    summary.customers += len(chunk_ids)
+                with clock.stage("write"):
+                    writer.write(table)
+                if progress:
+                    progress(len(chunk_ids))
+            with clock.stage("commit"):
+                writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        for name, secs in parts.items():
+            clock.add(f"retrieve.{name}", secs)
+        return summary
+    finally:
+        clock.close()
+        if summary is not None:
+            summary.seconds = dict(clock.seconds)
+            summary.peak_rss_mb = {k: v / 2**20 for k, v in clock.peak_rss.items()}
+            summary.wall_seconds = clock.wall_seconds
+            summary.process_peak_rss_mb = peak_rss_bytes() / 2**20

@@ -1,61 +1,73 @@
 """Where batch scores go: a DuckDB table and Parquet partitioned by as-of date.
 
-A run is staged completely before anything users read changes, then swapped in:
+A run is staged completely before anything a reader sees changes, then swapped in:
 
-- DuckDB: rows go to a staging table chunk by chunk; one transaction then deletes the previous
-  rows of the same (model, version, as-of) and inserts the new ones. A run killed before that
-  commit leaves the table as it was (the stale staging table is dropped by the next run).
-- Parquet: rows go to a hidden temporary file inside the partition directory; `os.replace`
-  renames it over the run's file at the end. Readers never see a partial file, and a re-run
-  replaces the file instead of adding a second one.
+- rows are written, chunk by chunk, to one Parquet file in a staging directory
+  (`<parquet root>/.staging/<run id>/`), outside the table's directory, so no reader of
+  `churn_predictions/**/*.parquet` ever sees it and a killed run leaves no partial partition;
+- at the end, one DuckDB transaction deletes the previous rows of the same run key (model,
+  version, as-of) and inserts the staged file; inside that transaction the staged file is
+  renamed (os.replace, same file system: atomic) over the run key's file in
+  `churn_predictions/as_of_date=YYYY-MM-DD/`, and the transaction commits. If the rename
+  fails the transaction rolls back, so both outputs keep the previous run.
+
+The DuckDB file is opened only to check it at the start and for the swap at the end, so
+applications can query it while a long run is in progress (DuckDB lets one process write).
+A re-run with the same key replaces that run's rows and file: no duplicates.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import duckdb
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 TABLE = "churn_predictions"
-SCHEMA_SQL = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    customer_id BIGINT,
-    churn_probability DOUBLE,
-    churn_prediction INTEGER,
-    risk_segment VARCHAR,
-    model_name VARCHAR,
-    model_version VARCHAR,
-    as_of TIMESTAMP,
-    scored_at TIMESTAMP,
-    run_id VARCHAR
-)"""
-ARROW_SCHEMA = pa.schema(
-    [
-        ("customer_id", pa.int64()),
-        ("churn_probability", pa.float64()),
-        ("churn_prediction", pa.int32()),
-        ("risk_segment", pa.string()),
-        ("model_name", pa.string()),
-        ("model_version", pa.string()),
-        ("as_of", pa.timestamp("us")),
-        ("scored_at", pa.timestamp("us")),
-        ("run_id", pa.string()),
-    ]
-)
+COLUMNS = [
+    ("customer_id", "BIGINT", pa.int64()),
+    ("churn_probability", "DOUBLE", pa.float64()),
+    ("churn_prediction", "INTEGER", pa.int32()),
+    ("risk_segment", "VARCHAR", pa.string()),
+    ("model_name", "VARCHAR", pa.string()),
+    ("model_version", "VARCHAR", pa.string()),
+    ("as_of", "TIMESTAMP", pa.timestamp("us")),
+    ("scored_at", "TIMESTAMP", pa.timestamp("us")),
+    ("run_id", "VARCHAR", pa.string()),
+]
+ARROW_SCHEMA = pa.schema([(name, arrow) for name, _, arrow in COLUMNS])
+SCHEMA_SQL = f"CREATE TABLE IF NOT EXISTS {TABLE} (" + ", ".join(f"{n} {t}" for n, t, _ in COLUMNS) + ")"
+STAGING = ".staging"
+LOCK_WAIT_SECONDS = 30.0  # how long the swap waits for another process to release the DuckDB file
+DUCKDB_MEMORY_LIMIT = "512MB"
+
+
+class OutputError(OSError):
+    """An output that cannot be written; the message names the path and what to do."""
 
 
 @dataclass(frozen=True)
 class RunKey:
+    """What identifies a run's rows: a re-run with the same key replaces them."""
+
     model_name: str
     model_version: str
     as_of: datetime  # naive UTC
+
+    @property
+    def partition(self) -> str:
+        return f"as_of_date={self.as_of:%Y-%m-%d}"
 
     @property
     def file_name(self) -> str:
@@ -63,75 +75,154 @@ class RunKey:
         return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.model_name}-{self.model_version}-{stamp}") + ".parquet"
 
 
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Defer SIGINT/SIGTERM until the block ends (main thread, POSIX); a no-op elsewhere."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def connect_db(db_path: Path, read_only: bool = False, wait: float = LOCK_WAIT_SECONDS) -> duckdb.DuckDBPyConnection:
+    """Open the predictions database, waiting up to `wait` seconds while another process holds it."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            con = duckdb.connect(str(db_path), read_only=read_only)
+            con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+            return con
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                raise OutputError(f"cannot open {db_path}: {str(exc).splitlines()[0]}") from exc
+            time.sleep(0.2)
+        except duckdb.Error as exc:
+            raise OutputError(f"cannot open {db_path} as a DuckDB database ({str(exc).splitlines()[0]}): move it away or pass --db") from exc
+
+
+def check_db(db_path: Path) -> None:
+    """Create the database and table if needed; fail now, before any work, if that is impossible."""
+    db_path = Path(db_path)
+    try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {db_path.parent}: {exc.strerror or exc}: pass a writable --db or --out-dir") from exc
+    if not os.access(db_path.parent, os.W_OK) or (db_path.exists() and not os.access(db_path, os.W_OK)):
+        raise OutputError(f"cannot write {db_path}: permission denied: pass a writable --db or --out-dir")
+    con = connect_db(db_path)
+    try:
+        con.execute(SCHEMA_SQL)
+        found = con.execute(f"SELECT column_name, data_type FROM information_schema.columns WHERE table_name = '{TABLE}' ORDER BY ordinal_position").fetchall()
+    finally:
+        con.close()
+    if [(n, t) for n, t in found] != [(n, t) for n, t, _ in COLUMNS]:
+        raise OutputError(f"table {TABLE} in {db_path} has columns {found}, not the expected schema: move the database away or pass --db")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_staging(parquet_root: Path) -> None:
+    """Remove staging directories of runs whose process is gone (killed before the swap)."""
+    staging = Path(parquet_root) / STAGING
+    if not staging.is_dir():
+        return
+    for d in staging.iterdir():
+        pid_file = d / "pid"
+        try:
+            pid = int(pid_file.read_text())
+        except (OSError, ValueError):
+            pid = None
+        if pid is None or not _pid_alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 class PredictionWriter:
-    """Stage one run's rows in DuckDB and Parquet; `commit()` swaps them in, `abort()` discards."""
+    """Stage one run's rows; `commit()` swaps them into DuckDB and Parquet, `abort()` discards them."""
 
     def __init__(self, db_path: Path, parquet_root: Path, key: RunKey, run_id: str):
         self.key, self.run_id = key, run_id
         self.db_path, self.parquet_root = Path(db_path), Path(parquet_root)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self.partition = self.parquet_root / TABLE / f"as_of_date={key.as_of:%Y-%m-%d}"
-        self.partition.mkdir(parents=True, exist_ok=True)
-        self.final_file = self.partition / key.file_name
-        self.tmp_file = self.partition / f".{run_id}.tmp"
-        self.staging = f"staging_{re.sub(r'[^A-Za-z0-9]', '_', run_id)}"
-        self.con = duckdb.connect(str(self.db_path))
-        self.con.execute(SCHEMA_SQL)
-        for (name,) in self.con.execute("SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'staging_%'").fetchall():
-            self.con.execute(f'DROP TABLE IF EXISTS "{name}"')  # left by a run that was killed
-        self.con.execute(f"CREATE TABLE {self.staging} AS SELECT * FROM {TABLE} LIMIT 0")
-        self.writer = pq.ParquetWriter(self.tmp_file, ARROW_SCHEMA)
+        check_db(self.db_path)
+        self.table_dir = self.parquet_root / TABLE
+        try:
+            self.table_dir.mkdir(parents=True, exist_ok=True)
+            clean_stale_staging(self.parquet_root)
+            self.stage_dir = self.parquet_root / STAGING / run_id
+            self.stage_dir.mkdir(parents=True)
+            (self.stage_dir / "pid").write_text(str(os.getpid()))
+        except OSError as exc:
+            raise OutputError(f"cannot write under {self.parquet_root}: {exc.strerror or exc}: pass a writable --parquet-dir or --out-dir") from exc
+        self.staged_file = self.stage_dir / key.file_name
+        self.final_file = self.table_dir / key.partition / key.file_name
+        self.writer: pq.ParquetWriter | None = pq.ParquetWriter(self.staged_file, ARROW_SCHEMA, compression="zstd")
         self.rows = 0
 
-    def write(self, frame: pd.DataFrame) -> None:
-        table = pa.Table.from_pandas(frame[ARROW_SCHEMA.names], schema=ARROW_SCHEMA, preserve_index=False)
-        self.writer.write_table(table)
-        self.con.register("chunk", table)
-        self.con.execute(f"INSERT INTO {self.staging} SELECT * FROM chunk")
-        self.con.unregister("chunk")
-        self.rows += len(frame)
+    def write(self, table: pa.Table) -> None:
+        """Append a chunk (columns of ARROW_SCHEMA) to the staged file."""
+        assert self.writer is not None, "writer already closed"
+        self.writer.write_table(table.select(ARROW_SCHEMA.names).cast(ARROW_SCHEMA))
+        self.rows += table.num_rows
 
     def commit(self) -> None:
+        """Swap the staged run in: DuckDB rows and the partition file, together.
+
+        SIGINT and SIGTERM are held back during the swap (a second or two at 10M rows), so a
+        scheduler's timeout lands before or after it, never between the rename and the commit.
+        """
+        assert self.writer is not None, "writer already closed"
         self.writer.close()
+        self.writer = None
         k = self.key
-        self.con.execute("BEGIN TRANSACTION")
-        self.con.execute(f"DELETE FROM {TABLE} WHERE model_name = ? AND model_version = ? AND as_of = ?", [k.model_name, k.model_version, k.as_of])
-        self.con.execute(f"INSERT INTO {TABLE} SELECT * FROM {self.staging}")
-        self.con.execute(f"DROP TABLE {self.staging}")
-        self.con.execute("COMMIT")
-        os.replace(self.tmp_file, self.final_file)
-        self.con.close()
+        con = connect_db(self.db_path)  # may wait for another writer: still interruptible
+        try:
+            with _signals_held():
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    con.execute(SCHEMA_SQL)
+                    con.execute(f"DELETE FROM {TABLE} WHERE model_name = ? AND model_version = ? AND as_of = ?", [k.model_name, k.model_version, k.as_of])
+                    names = ", ".join(ARROW_SCHEMA.names)
+                    con.execute(f"INSERT INTO {TABLE} ({names}) SELECT {names} FROM read_parquet(?)", [str(self.staged_file)])
+                    self._move_into_partition()
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
+        finally:
+            con.close()
+            shutil.rmtree(self.stage_dir, ignore_errors=True)
+
+    def _move_into_partition(self) -> None:
+        partition = self.final_file.parent
+        new_partition = not partition.exists()
+        partition.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(self.staged_file, self.final_file)
+        except BaseException:
+            if new_partition:
+                try:
+                    partition.rmdir()  # only ever empty here: no partial partition
+                except OSError:
+                    pass
+            raise
 
     def abort(self) -> None:
+        """Discard the staged rows; nothing a reader sees has changed."""
         try:
-            self.writer.close()
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
         finally:
-            self.tmp_file.unlink(missing_ok=True)
-            try:
-                self.con.execute(f"DROP TABLE IF EXISTS {self.staging}")
-            finally:
-                self.con.close()
-            if self.partition.is_dir() and not any(self.partition.iterdir()):
-                self.partition.rmdir()
-
-
-def latest_runs(db_path: Path) -> pd.DataFrame:
-    """The newest run per model: model, version, as_of, scored_at, rows, run_id."""
-    if not Path(db_path).exists():
-        return pd.DataFrame(columns=["model_name", "model_version", "as_of", "scored_at", "rows", "run_id"])
-    con = duckdb.connect(str(db_path), read_only=True)
-    try:
-        exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [TABLE]).fetchone()[0]
-        if not exists:
-            return pd.DataFrame(columns=["model_name", "model_version", "as_of", "scored_at", "rows", "run_id"])
-        return con.execute(
-            f"""
-            SELECT model_name, model_version, as_of, scored_at, rows, run_id FROM (
-                SELECT model_name, model_version, as_of, max(scored_at) AS scored_at, count(*) AS rows, any_value(run_id) AS run_id,
-                       row_number() OVER (PARTITION BY model_name ORDER BY max(scored_at) DESC) AS rn
-                FROM {TABLE} GROUP BY model_name, model_version, as_of
-            ) WHERE rn = 1 ORDER BY model_name
-            """
-        ).df()
-    finally:
-        con.close()
+            shutil.rmtree(self.stage_dir, ignore_errors=True)

@@ -1,13 +1,22 @@
-"""Benchmark the batch path against Feast's bare retrieval, in the same run.
+"""Benchmark `skewless score` against Feast's bare retrieval, in the same run.
 
-    uv run python bench/batch.py --customers 1000000 [--customers 50000 ...]
+    uv run python bench/batch.py --customers 50000 --customers 1000000 [--customers 10000000]
 
-For each scale: generate data into bench/results/batch-<n>/ (a copy of feature_repo), apply,
-train a bundle on a sample, then time in separate processes (peak RSS of each via wait4):
-  1. bare Feast: `get_historical_features(<churn_v1>, filter_by_created_timestamp=True).to_df()`
-     for all active customers at the as-of time;
-  2. `skewless score --as-of T` end to end (customers, retrieval, scoring, DuckDB + Parquet).
-Prints a table with seconds, rows/s, peak RSS and the ratio to the bare retrieval.
+For each scale: generate data into bench/results/batch-<n>/ (a copy of feature_repo; reused
+when already there), apply, train a bundle on a sample of labels, then, each in its own
+process (peak RSS of that process from wait4):
+
+  1. `skewless score --as-of T` end to end: active customers, retrieval, on-demand features,
+     scoring, DuckDB + Parquet writes; its --summary-json gives the time and peak RSS of each
+     stage;
+  2. bare Feast: `get_historical_features(features=<churn_v1>, filter_by_created_timestamp=True)
+     .to_df()` for the same customers at T (the IDs the score run wrote), timed around that call
+     alone.
+
+The ratio compares like with like: the score run's in-process wall time (every stage, from
+resolving the contract to the committed outputs) over the bare `to_df()` time. Both processes
+also pay ~7-10 s of interpreter start, Feast import and store opening, shown as process time.
+Results go to bench/results/batch.json.
 """
 
 from __future__ import annotations
@@ -18,82 +27,154 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+DEFAULT_AS_OF = "2026-10-31T12:00:00+00:00"  # the generated data ends 2026-11-01
 
 BARE = """
-import json, sys, time, pandas as pd
-from datetime import datetime, timezone
-from batch.retrieval import active_customers
+import json, sys, time
+import pandas as pd
 from training.dataset import entity_frame
 from training.store import open_store
-repo, as_of = sys.argv[1], datetime.fromisoformat(sys.argv[2])
-fs = open_store(repo)
-ids = active_customers(fs, as_of)
-keys = pd.DataFrame({"customer_id": ids.to_numpy(), "event_timestamp": pd.Timestamp(as_of)})
+repo, as_of, ids_file = sys.argv[1], pd.Timestamp(sys.argv[2]), sys.argv[3]
+store = open_store(repo)
+ids = pd.read_parquet(ids_file)["customer_id"].to_numpy()
+keys = pd.DataFrame({"customer_id": ids, "event_timestamp": as_of})
+service = store.get_feature_service("churn_v1")
 t = time.perf_counter()
-df = fs.get_historical_features(entity_df=entity_frame(keys), features=fs.get_feature_service("churn_v1"), filter_by_created_timestamp=True).to_df()
+df = store.get_historical_features(entity_df=entity_frame(keys), features=service, filter_by_created_timestamp=True).to_df()
 print(json.dumps({"rows": len(df), "seconds": time.perf_counter() - t}))
 """
 
 
-def run(cmd: list[str], env: dict | None = None) -> tuple[float, int, str]:
-    """Run a command; return (wall seconds, peak RSS in MB of that process, stdout)."""
+def run_measured(cmd: list[str], rss_cap_mb: float | None = None) -> tuple[float, float, str, bool]:
+    """Run a command: (wall seconds, its own peak RSS in MB via wait4, stdout, killed at the cap).
+
+    With `rss_cap_mb`, a watchdog kills the process when its RSS passes the cap, so a retrieval
+    that would not fit does not push other people's work on this machine out of memory.
+    """
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    killed = threading.Event()
+    with open(os.devnull, "w") as devnull:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=devnull, text=True, cwd=ROOT)
+
+        def watch() -> None:
+            while proc.poll() is None:
+                try:
+                    with open(f"/proc/{proc.pid}/status") as f:
+                        rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+                except (OSError, StopIteration, ValueError):
+                    return
+                if rss_kb / 1024 > rss_cap_mb:
+                    killed.set()
+                    proc.kill()
+                    return
+                time.sleep(0.2)
+
+        if rss_cap_mb:
+            threading.Thread(target=watch, daemon=True).start()
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[:4])} failed with exit code {proc.returncode}")
-    return time.perf_counter() - started, usage.ru_maxrss // 1024, out
+    wall = time.perf_counter() - started
+    if proc.returncode != 0 and not killed.is_set():
+        raise SystemExit(f"{' '.join(cmd[:6])} ... failed with exit code {proc.returncode}")
+    return wall, usage.ru_maxrss / 1024, out, killed.is_set()
 
 
 def prepare(n: int) -> tuple[Path, Path]:
+    """bench/results/batch-<n>/: generated data, applied registry, a trained bundle (reused)."""
     base = RESULTS / f"batch-{n}"
     repo, models = base / "feature_repo", base / "models"
-    if not (repo / "data" / "registry.db").exists():
+    ready = (repo / "data" / "registry.db").exists() and (models / "churn" / "latest" / "manifest.json").exists()
+    if not ready:
         shutil.rmtree(base, ignore_errors=True)
         shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
         sk = [sys.executable, "-m", "training"]
-        subprocess.run(sk + ["generate", "--customers", str(n), "--end", "2026-11-01", "--out", str(repo / "data")], check=True, cwd=ROOT)
+        print(f"preparing {n:,} customers in {base}", file=sys.stderr)
+        subprocess.run(sk + ["generate", "--customers", str(n), "--end", "2026-11-01", "--out", str(repo / "data")], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         subprocess.run(sk + ["apply", "--repo", str(repo)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         subprocess.run(sk + ["train", "--repo", str(repo), "--model-dir", str(models), "--max-rows", "200000"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return repo, models
 
 
-def bench(n: int, as_of: str) -> dict:
+def bench(n: int, as_of: str, skip_bare: bool, bare_rss_cap_mb: float | None) -> dict:
     repo, models = prepare(n)
-    bare_wall, bare_rss, out = run([sys.executable, "-c", BARE, str(repo), as_of])
-    bare = json.loads(out.strip().splitlines()[-1])
     out_dir = repo.parent / "out"
     shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir()
+    summary_file = out_dir / "summary.json"
     cmd = [sys.executable, "-m", "training", "score", "--as-of", as_of, "--repo", str(repo), "--model-dir", str(models),
-           "--db", str(out_dir / "predictions.duckdb"), "--parquet-dir", str(out_dir / "predictions")]
-    wall, rss, out = run(cmd)
-    line = next(l for l in out.splitlines() if l.strip().startswith("time:"))
-    stages = dict(part.strip().rsplit(" ", 1) for part in line.split(":", 1)[1].split(";")[0].split(","))
-    job = sum(float(v.rstrip("s")) for v in stages.values())
-    return {"customers": n, "rows": bare["rows"], "bare_seconds": bare["seconds"], "bare_rss_mb": bare_rss,
-            "score_job_seconds": job, "score_wall_seconds": wall, "score_rss_mb": rss, "stages": stages}
+           "--out-dir", str(out_dir), "--summary-json", str(summary_file), "--top", "0"]
+    score_wall, score_rss, _, _ = run_measured(cmd)
+    summary = json.loads(summary_file.read_text())
+
+    ids_file = out_dir / "scored_ids.parquet"
+    import duckdb
+
+    with duckdb.connect(str(out_dir / "predictions.duckdb"), read_only=True) as con:
+        con.execute(f"COPY (SELECT customer_id FROM churn_predictions ORDER BY customer_id) TO '{ids_file}' (FORMAT parquet)")
+    result = {
+        "customers": n,
+        "scored": summary["customers"],
+        "score_seconds": summary["wall_seconds"],
+        "score_process_seconds": score_wall,
+        "score_rss_mb": score_rss,
+        "rows_per_second": summary["customers"] / summary["wall_seconds"],
+        "stages_seconds": summary["seconds"],
+        "stages_peak_rss_mb": summary["peak_rss_mb"],
+    }
+    if not skip_bare:
+        bare_wall, bare_rss, out, killed = run_measured([sys.executable, "-c", BARE, str(repo), as_of, str(ids_file)], bare_rss_cap_mb)
+        if killed:
+            result |= {"bare_seconds": None, "bare_killed_at_rss_mb": bare_rss_cap_mb, "bare_process_seconds": bare_wall}
+        else:
+            bare = json.loads(out.strip().splitlines()[-1])
+            assert bare["rows"] == summary["customers"], (bare["rows"], summary["customers"])
+            result |= {"bare_seconds": bare["seconds"], "bare_process_seconds": bare_wall, "bare_rss_mb": bare_rss,
+                       "ratio": summary["wall_seconds"] / bare["seconds"]}
+    return result
+
+
+def table(results: list[dict]) -> str:
+    head = ("| customers | scored | score run s | rows/s | score peak RSS MB | bare Feast to_df s | bare peak RSS MB | ratio (score / bare) "
+            "| process s (score / bare) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        bare = r.get("bare_seconds")
+        if bare is not None:
+            rest = f"{bare:.2f} | {r['bare_rss_mb']:,.0f} | {r['ratio']:.2f} | {r['score_process_seconds']:.1f} / {r['bare_process_seconds']:.1f} |"
+        elif "bare_killed_at_rss_mb" in r:
+            rest = f"killed after {r['bare_process_seconds']:.0f} s | > {r['bare_killed_at_rss_mb']:,.0f} | - | {r['score_process_seconds']:.1f} / - |"
+        else:
+            rest = f"- | - | - | {r['score_process_seconds']:.1f} / - |"
+        lines.append(f"| {r['customers']:,} | {r['scored']:,} | {r['score_seconds']:.2f} | {r['rows_per_second']:,.0f} | {r['score_rss_mb']:,.0f} | " + rest)
+    lines.append("")
+    for r in results:
+        stages = ", ".join(f"{k} {v:.2f}s ({r['stages_peak_rss_mb'].get(k, 0):,.0f} MB)" if k in r["stages_peak_rss_mb"] else f"{k} {v:.2f}s"
+                           for k, v in r["stages_seconds"].items())
+        lines.append(f"{r['customers']:,}: {stages}")
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--customers", type=int, action="append", help="scale(s) to run (default 50000)")
-    ap.add_argument("--as-of", default="2026-10-31T12:00:00+00:00")
+    ap.add_argument("--as-of", default=DEFAULT_AS_OF)
+    ap.add_argument("--skip-bare", action="store_true", help="do not run Feast's bare retrieval")
+    ap.add_argument("--bare-rss-cap-mb", type=float, default=12_000, help="kill the bare retrieval beyond this RSS (it grows with the customer count)")
     args = ap.parse_args()
-    results = [bench(n, args.as_of) for n in (args.customers or [50_000])]
-    print(f"\n{'customers':>10} {'scored':>10} {'bare Feast s':>13} {'bare RSS MB':>12} {'score job s':>12} {'score wall s':>13} {'rows/s':>10} {'score RSS MB':>13} {'job/bare':>9}")
-    for r in results:
-        print(f"{r['customers']:>10,} {r['rows']:>10,} {r['bare_seconds']:>13.2f} {r['bare_rss_mb']:>12,} {r['score_job_seconds']:>12.2f} "
-              f"{r['score_wall_seconds']:>13.2f} {r['rows'] / r['score_job_seconds']:>10,.0f} {r['score_rss_mb']:>13,} {r['score_job_seconds'] / r['bare_seconds']:>9.2f}")
-        print(f"{'':>10} stages: {r['stages']}")
+    results = []
+    for n in args.customers or [50_000]:
+        results.append(bench(n, args.as_of, args.skip_bare, args.bare_rss_cap_mb))
+        print(table(results[-1:]), file=sys.stderr)
+    print(table(results))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "batch.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / "batch.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
