@@ -139,7 +139,7 @@ def test_feature_log_is_flushed_on_shutdown(live, known, tmp_path):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+@given(body=st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=5),
                          lambda c: st.lists(c, max_size=3) | st.dictionaries(st.sampled_from(["customer_id", "customer_ids", "x"]), c, max_size=3),
                          max_leaves=8),
        path=st.sampled_from(["/predict", "/predict/batch", "/predict?include_features=true"]))
