@@ -1,90 +1,143 @@
 """Benchmark the online path: skewless /predict and /predict/batch beside stock `feast serve`.
 
-    uv run python bench/online.py [--customers 50000] [--seconds 10] [--workers 2]
+    uv run python bench/online.py [--customers 50000] [--seconds 10] [--workers 2] [--no-feast]
 
-Prepares a copy of feature_repo with generated data ending today (bench/results/online-<n>/),
-applies, trains, starts a private redis-server and materializes it, then starts the service
-(uvicorn, --workers) and `feast serve` on the same Redis. An open-loop load generator (its own
-process, asyncio, keep-alive connections) sends requests at fixed rates: request i is due at
-t0 + i/rate whatever happened before, and its latency is measured from that due time, so
-queueing shows. Prints p50/p95/p99, errors and the achieved rate per scenario.
-Only loopback addresses; every process it starts is stopped at the end.
+1. Prepares bench/results/online-<n>/: a copy of feature_repo whose yaml names the TTL store
+   (online.ttl_store.TTLRedisOnlineStore), data generated to end today, applied with the stock
+   `feast apply`, a model trained on it. Reused while its data still ends today.
+2. Starts a private redis-server on a loopback port and fills it with Feast's materialize
+   (activity from 120 days back, as a long-running Redis holds rows that have since expired).
+3. Starts the service with the real command (`skewless serve --workers N`) and stock
+   `feast serve -w N` on the same repo and Redis.
+4. Drives each with an open-loop load generator in its own process: a scheduler thread sleeps
+   until request i is due (t0 + i/rate, whatever happened before) and queues it; 64 threads,
+   each with a keep-alive connection, send queued requests and read the answers. Latency is
+   measured from the due time, so time spent waiting for a free connection or for the server
+   shows. Threads and `time.sleep` rather than asyncio: an event loop's timers wake up to 1 ms
+   late, which would add ~0.5 ms to every measured latency.
+5. Prints p50/p95/p99, errors, achieved rate and the server's CPU per request per scenario, the
+   service's own split of the time (from its /metrics), and writes bench/results/online.json.
+
+Only loopback addresses. Every process it starts runs in its own process group and is stopped
+at the end (SIGTERM, then SIGKILL after 20 s). Each scenario is bounded: its schedule plus at
+most 15 s to drain.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import queue
 import random
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
+CONNECTIONS = 64
+DRAIN_S = 15.0
+HISTORY = timedelta(days=120)  # how far back Redis is filled, past the activity view's 30-day TTL
+
 
 # ---------------------------------------------------------------- load generator (child process)
-async def _conn_worker(port: int, queue: asyncio.Queue, lat: list, errors: list) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+def _read_response(sock: socket.socket, buf: bytearray) -> int:
+    """Read one HTTP/1.1 response (Content-Length framed) from `sock`; return its status."""
     while True:
-        item = await queue.get()
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0:
+            head = bytes(buf[:end])
+            status = int(head[9:12])
+            m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+            total = end + 4 + (int(m.group(1)) if m else 0)
+            while len(buf) < total:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("server closed the connection")
+                buf += chunk
+            del buf[:total]
+            return status
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        buf += chunk
+
+
+def _connection(port: int, work: queue.SimpleQueue, results: list) -> None:
+    sock = None
+    buf = bytearray()
+    while True:
+        item = work.get()
         if item is None:
-            writer.close()
-            return
+            break
         due, payload = item
         try:
-            writer.write(payload)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            await reader.readexactly(length)
-            lat.append(time.perf_counter() - due)
-            if status >= 400:  # every ID in the sample has features: any 4xx/5xx is an error
-                errors.append(status)
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            errors.append(repr(exc))
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            if sock is None:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                buf.clear()
+            sock.sendall(payload)
+            status = _read_response(sock, buf)
+            results.append((time.perf_counter() - due, status))
+        except OSError as exc:
+            results.append((time.perf_counter() - due, type(exc).__name__))
+            if sock is not None:
+                sock.close()
+            sock = None
+    if sock is not None:
+        sock.close()
 
 
-async def _drive(port: int, payloads: list[bytes], rate: float, seconds: float, connections: int) -> dict:
-    queue: asyncio.Queue = asyncio.Queue()
-    lat: list[float] = []
-    errors: list = []
-    workers = [asyncio.create_task(_conn_worker(port, queue, lat, errors)) for _ in range(connections)]
-    n = int(rate * seconds)
-    t0 = time.perf_counter() + 0.2
+def load_main(spec: dict) -> dict:
+    """Send spec['rate'] requests/s for spec['seconds'] to spec['port']; latency from due times."""
+    import resource
+
+    payloads = [p.encode("latin-1") for p in spec["payloads"]]
+    rate, n = spec["rate"], int(spec["rate"] * spec["seconds"])
+    work: queue.SimpleQueue = queue.SimpleQueue()
+    results: list = []
+    threads = [threading.Thread(target=_connection, args=(spec["port"], work, results), daemon=True) for _ in range(CONNECTIONS)]
+    for t in threads:
+        t.start()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter() + 0.1
     for i in range(n):
         due = t0 + i / rate
         delay = due - time.perf_counter()
         if delay > 0:
-            await asyncio.sleep(delay)
-        queue.put_nowait((due, payloads[i % len(payloads)]))
-    for _ in workers:
-        queue.put_nowait(None)
-    await asyncio.gather(*workers)
+            time.sleep(delay)
+        work.put((due, payloads[i % len(payloads)]))
+    for _ in threads:
+        work.put(None)
+    deadline = time.perf_counter() + DRAIN_S
+    for t in threads:
+        t.join(timeout=max(0.0, deadline - time.perf_counter()))
     elapsed = time.perf_counter() - t0
-    ms = np.array(lat) * 1000
-    return {"sent": n, "done": len(lat), "errors": len(errors), "achieved_rps": len(lat) / elapsed,
-            "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)), "p99": float(np.percentile(ms, 99))}
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    done = list(results)
+    ok = sorted(lat for lat, status in done if isinstance(status, int) and status < 400)
+    errors = [status for _, status in done if not (isinstance(status, int) and status < 400)]
+    lats = sorted(lat for lat, _ in done)
 
+    def pct(p: float) -> float:
+        return lats[min(len(lats) - 1, int(p / 100 * len(lats)))] * 1000 if lats else float("nan")
 
-def load_main(spec: str) -> None:
-    s = json.loads(spec)
-    payloads = [p.encode("latin-1") for p in s["payloads"]]
-    print(json.dumps(asyncio.run(_drive(s["port"], payloads, s["rate"], s["seconds"], s["connections"]))))
+    return {
+        "sent": n, "answered": len(done), "ok": len(ok), "errors": len(errors) + (n - len(done)),
+        "error_kinds": sorted({str(e) for e in errors}) + (["no answer within the drain time"] if len(done) < n else []),
+        "achieved_rps": len(ok) / elapsed, "p50": pct(50), "p95": pct(95), "p99": pct(99), "max": pct(100),
+        "loadgen_cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
+    }
 
 
 def http_post(path: str, body: dict) -> str:
@@ -92,119 +145,241 @@ def http_post(path: str, body: dict) -> str:
     return f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n{data}"
 
 
-def run_load(port: int, payloads: list[str], rate: float, seconds: float, connections: int = 32) -> dict:
-    spec = json.dumps({"port": port, "payloads": payloads, "rate": rate, "seconds": seconds, "connections": connections})
-    out = subprocess.run([sys.executable, __file__, "--load"], input=spec, capture_output=True, text=True, check=True)
+def http_get(path: str) -> str:
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+def run_load(port: int, payloads: list[str], rate: float, seconds: float) -> dict:
+    spec = json.dumps({"port": port, "payloads": payloads, "rate": rate, "seconds": seconds})
+    out = subprocess.run([sys.executable, __file__, "--load"], input=spec, capture_output=True, text=True,
+                         timeout=seconds + DRAIN_S + 60)
+    if out.returncode != 0:
+        raise SystemExit(f"load generator failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-# ---------------------------------------------------------------- orchestration
-def prepare(n: int) -> tuple[Path, Path]:
+# ---------------------------------------------------------------- preparation
+def prepare(n: int, redis_feast: str) -> tuple[Path, Path]:
+    """feature_repo copy (TTL store in the yaml), data ending today, applied, a model trained."""
+    from training.generate import GenerateConfig, generate
+    from training.store import REDIS_ENV, open_store
+    from training.train import train
+
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     base = RESULTS / f"online-{n}"
-    repo, models = base / "feature_repo", base / "models"
-    if (models / "churn" / "latest").exists():
+    repo, models, marker = base / "feature_repo", base / "models", base / "prepared.json"
+    if marker.exists() and json.loads(marker.read_text()).get("end") == today.isoformat():
         return repo, models
+    print(f"preparing {base} ({n:,} customers, data ending {today:%Y-%m-%d})", flush=True)
     shutil.rmtree(base, ignore_errors=True)
-    shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    sk = [sys.executable, "-m", "training"]
-    subprocess.run(sk + ["generate", "--customers", str(n), "--out", str(repo / "data")], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    subprocess.run(sk + ["apply", "--repo", str(repo)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    subprocess.run(sk + ["train", "--repo", str(repo), "--model-dir", str(models), "--max-rows", "200000"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__", "*.db"))
+    yaml = repo / "feature_store.yaml"
+    text, count = re.subn(r"(?m)^(\s+)type: redis\s*$", r"\1type: online.ttl_store.TTLRedisOnlineStore", yaml.read_text())
+    if count != 1:
+        raise SystemExit(f"{yaml}: expected one `type: redis` line to replace, found {count}")
+    yaml.write_text(text)
+    generate(GenerateConfig(customers=n, end=today), repo / "data")
+    env = dict(os.environ, **{REDIS_ENV: redis_feast})
+    subprocess.run([str(Path(sys.executable).with_name("feast")), "apply"], cwd=repo, env=env, check=True, capture_output=True)
+    train(open_store(repo), repo, models, max_rows=200_000)
+    marker.write_text(json.dumps({"end": today.isoformat(), "customers": n}))
     return repo, models
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+def fill_redis(store, end: datetime) -> float:
+    """Load every online view into Redis up to `end` with Feast's own materialize.
+
+    Kept to one function so `skewless materialize` (online/materialize.py) can replace it.
+    """
+    t = time.perf_counter()
+    for view in store.list_feature_views():
+        if view.online:
+            ttl = view.ttl or timedelta(days=3650)
+            store.materialize(start_date=end - max(ttl, HISTORY), end_date=end, feature_views=[view.name])
+    return time.perf_counter() - t
+
+
+# ---------------------------------------------------------------- processes and metrics
+def start(cmd: list[str], env: dict, cwd: Path, log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"{url}: the server exited with {proc.returncode}")
+            raise SystemExit(f"{url}: the server exited with {proc.returncode}; see {log}")
         try:
-            if httpx.get(url, timeout=1).status_code < 500:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.3)
-    raise SystemExit(f"{url} did not become ready")
+        time.sleep(0.5)
+    raise SystemExit(f"{url} did not become ready in {timeout:.0f}s; see {log}")
 
 
+def cpu_seconds(proc: subprocess.Popen) -> float:
+    """User+system CPU of a server process and all its children (the workers) so far."""
+    import psutil
+
+    try:
+        root = psutil.Process(proc.pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The service's skewless_* samples (sums and counts) from /metrics."""
+    import httpx
+
+    out: dict[str, float] = {}
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+        if line.startswith("skewless_") and ("_sum" in line or "_count" in line):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def stage_split(before: dict, after: dict, route: str) -> dict[str, float]:
+    """Mean ms per request of each stage the service measures, between two scrapes."""
+    def mean(metric: str, labels: str = "") -> float:
+        s = after.get(f"{metric}_sum{labels}", 0) - before.get(f"{metric}_sum{labels}", 0)
+        c = after.get(f"{metric}_count{labels}", 0) - before.get(f"{metric}_count{labels}", 0)
+        return s / c * 1000 if c else float("nan")
+
+    return {
+        "server (ASGI, in the service)": mean("skewless_request_seconds", f'{{method="POST",route="{route}",status="200"}}'),
+        "feature read (Feast + Redis + TTL)": mean("skewless_feature_lookup_seconds"),
+        "on-demand transform": mean("skewless_on_demand_seconds"),
+        "model (score)": mean("skewless_model_seconds"),
+    }
+
+
+# ---------------------------------------------------------------- main
 def main() -> None:
     if sys.argv[1:] == ["--load"]:
-        return load_main(sys.stdin.read())
+        print(json.dumps(load_main(json.loads(sys.stdin.read()))))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--customers", type=int, default=50_000)
-    ap.add_argument("--seconds", type=float, default=10)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=10, help="Length of each measured scenario.")
+    ap.add_argument("--workers", type=int, default=2, help="Worker processes of each server.")
+    ap.add_argument("--no-feast", action="store_true", help="Skip the feast serve scenarios.")
     args = ap.parse_args()
 
-    from batch.retrieval import active_customers
-    from online.materialize import materialize
+    import pandas as pd
+
     from online.redis_server import free_port, throwaway_redis
+    from training.generate import PROFILES_FILE
     from training.store import REDIS_ENV, open_store
 
-    repo, models = prepare(args.customers)
     procs: list[subprocess.Popen] = []
+    results: list[dict] = []
+    splits: dict[str, dict] = {}
     with throwaway_redis() as redis_ep:
+        repo, models = prepare(args.customers, redis_ep.feast)
         os.environ[REDIS_ENV] = redis_ep.feast
         store = open_store(repo)
-        materialize(store, datetime.now(timezone.utc), full=True)
-        ids = active_customers(store, datetime.now(timezone.utc)).tolist()
+        seconds = fill_redis(store, datetime.now(timezone.utc))
+        print(f"redis 127.0.0.1:{redis_ep.port}: {redis_ep.client().dbsize():,} keys, materialized in {seconds:.0f}s", flush=True)
+        ids = pd.read_parquet(repo / "data" / PROFILES_FILE, columns=["customer_id"])["customer_id"].drop_duplicates().tolist()
         random.seed(1)
         sample = random.sample(ids, 2000)
-        env = dict(os.environ, SKEWLESS_REPO_PATH=str(repo), SKEWLESS_MODEL_DIR=str(models), SKEWLESS_FEATURE_LOG_DIR=str(repo.parent / "log"))
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}  # Feast sets its own on import
+        env.update({REDIS_ENV: redis_ep.feast, "SKEWLESS_FEATURE_LOG_DIR": str(repo.parent / "feature_log")})
         app_port, feast_port = free_port(), free_port()
+        app_log, feast_log = repo.parent / "service.log", repo.parent / "feast_serve.log"
         try:
-            procs.append(subprocess.Popen([sys.executable, "-m", "uvicorn", "online.app:create_app", "--factory", "--port", str(app_port),
-                                           "--workers", str(args.workers), "--log-level", "warning", "--no-access-log",
-                                           "--loop", "uvloop", "--http", "httptools"], env=env, cwd=ROOT, start_new_session=True))
-            feast_cli = Path(sys.executable).with_name("feast")
-            procs.append(subprocess.Popen([str(feast_cli), "serve", "-h", "127.0.0.1", "-p", str(feast_port), "--no-access-log", "-w", str(args.workers)],
-                                          env=env, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-            wait_ready(f"http://127.0.0.1:{app_port}/ready", procs[0])
-            wait_ready(f"http://127.0.0.1:{feast_port}/health", procs[1])
+            app = start([sys.executable, "-m", "training", "serve", "--port", str(app_port), "--workers", str(args.workers),
+                         "--repo", str(repo), "--model-dir", str(models)], env, ROOT, app_log)
+            procs.append(app)
+            feast = None
+            if not args.no_feast:
+                # --max-requests 0: feast serve's default restarts each worker every ~1,000 requests
+                feast = start([str(Path(sys.executable).with_name("feast")), "serve", "-h", "127.0.0.1", "-p", str(feast_port),
+                               "-w", str(args.workers), "--no-access-log", "--max-requests", "0"], env, repo, feast_log)
+                procs.append(feast)
+            wait_ready(f"http://127.0.0.1:{app_port}/ready", app, app_log)
+            if feast:
+                wait_ready(f"http://127.0.0.1:{feast_port}/health", feast, feast_log)
+
             single = [http_post("/predict", {"customer_id": c}) for c in sample]
-            batch = [http_post("/predict/batch", {"customer_ids": sample[i:i + 100]}) for i in range(0, 2000, 100)]
-            # feast serve's JSON API passes `as_of` to the on-demand view as a plain int, which a
-            # UnixTimestamp input cannot take, so it is asked for the raw views of churn_v1 only
-            # (the same Redis reads; skewless additionally runs the transform and the model).
-            from online.features import OnlineFeatures
+            batch = [http_post("/predict/batch", {"customer_ids": sample[i:i + 100]}) for i in range(0, len(sample), 100)]
+            # feast serve's JSON API hands `as_of` to the python on-demand view as an int (which
+            # the view cannot use), so it is asked for churn_v1's view features: the same Redis
+            # reads, without the transform and the model.
+            from online.features import FeatureLookup
 
-            raw_refs = OnlineFeatures(store, "churn_v1").refs
-            feast_req = [http_post("/get-online-features", {"features": raw_refs, "entities": {"customer_id": [c]}}) for c in sample]
-            import httpx
+            refs = FeatureLookup(store, "churn_v1").refs
+            feast_req = [http_post("/get-online-features", {"features": refs, "entities": {"customer_id": [c]}}) for c in sample]
+            health = [http_get("/health")]
 
-            probe = httpx.post(f"http://127.0.0.1:{feast_port}/get-online-features", content=feast_req[0].split("\r\n\r\n", 1)[1],
-                               headers={"Content-Type": "application/json"})
-            print(f"feast serve answers {probe.status_code}: {probe.text[:300]}", flush=True)
-            for payloads, port in ((single, app_port), (feast_req, feast_port)):
-                run_load(port, payloads, 50, 2)  # warm up
-            health = ["GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"]
+            run_load(app_port, single, 100, 3)  # warm up both servers
+            if feast:
+                run_load(feast_port, feast_req, 100, 3)
             scenarios = [
-                ("skewless GET /health (HTTP floor)", app_port, health, 200),
-                ("skewless POST /predict", app_port, single, 200),
-                ("skewless POST /predict", app_port, single, 1000),
-                ("skewless POST /predict/batch (100 IDs)", app_port, batch, 20),
-                ("feast serve /get-online-features (views)", feast_port, feast_req, 200),
-                ("feast serve /get-online-features (views)", feast_port, feast_req, 1000),
+                ("skewless GET /health (HTTP floor)", app, app_port, health, 200, None),
+                ("skewless POST /predict", app, app_port, single, 200, "/predict"),
+                ("skewless POST /predict", app, app_port, single, 1000, "/predict"),
+                ("skewless POST /predict/batch (100 IDs)", app, app_port, batch, 20, "/predict/batch"),
             ]
-            results = []
-            for name, port, payloads, rate in scenarios:
+            if feast:
+                scenarios += [
+                    ("feast serve /get-online-features (1 ID)", feast, feast_port, feast_req, 200, None),
+                    ("feast serve /get-online-features (1 ID)", feast, feast_port, feast_req, 1000, None),
+                ]
+            for name, proc, port, payloads, rate, route in scenarios:
+                before = scrape(port) if route else {}
+                load = os.getloadavg()[0]  # other jobs on the machine show here
+                cpu0 = cpu_seconds(proc)
                 r = run_load(port, payloads, rate, args.seconds)
-                results.append({"scenario": name, "rate": rate, **r})
-                print(f"{name:42} {rate:>5} rps: p50 {r['p50']:.2f} ms  p95 {r['p95']:.2f}  p99 {r['p99']:.2f}  errors {r['errors']}  achieved {r['achieved_rps']:.0f}/s", flush=True)
+                r["server_cpu_ms_per_req"] = (cpu_seconds(proc) - cpu0) / max(r["answered"], 1) * 1000
+                if route:
+                    splits[f"{name} @ {rate}/s"] = stage_split(before, scrape(port), route)
+                results.append({"scenario": name, "rate": rate, "load_before": load, **r})
+                print(f"{name:42} {rate:>5}/s: p50 {r['p50']:.2f} ms  p95 {r['p95']:.2f}  p99 {r['p99']:.2f}  "
+                      f"errors {r['errors']}  achieved {r['achieved_rps']:.0f}/s  server CPU {r['server_cpu_ms_per_req']:.2f} ms/req", flush=True)
         finally:
             for p in procs:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                    p.wait(timeout=20)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    os.killpg(p.pid, signal.SIGKILL)
-    print(f"\n{'scenario':42} {'target rps':>10} {'achieved':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7}")
+                stop(p)
+
+    print(f"\n{args.customers:,} customers, {args.workers} workers per server, {os.cpu_count()} cores shared with the "
+          "load generator, Redis and whatever else runs (load = 1-minute load average when the scenario started)")
+    print("\n| scenario | rate/s | achieved/s | p50 ms | p95 ms | p99 ms | errors | server CPU ms/req | load gen CPU ms/req | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"{r['scenario']:42} {r['rate']:>10} {r['achieved_rps']:>9.0f} {r['p50']:>8.2f} {r['p95']:>8.2f} {r['p99']:>8.2f} {r['errors']:>7}")
+        print(f"| {r['scenario']} | {r['rate']} | {r['achieved_rps']:.0f} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | "
+              f"{r['errors']} | {r['server_cpu_ms_per_req']:.2f} | {r['loadgen_cpu_s'] / max(r['answered'], 1) * 1000:.2f} | {r['load_before']:.1f} |")
+    for name, split in splits.items():
+        print(f"\nwhere the time goes, {name} (mean ms per request, measured by the service):")
+        for stage, ms in split.items():
+            print(f"  {stage:38} {ms:6.3f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "online.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / "online.json").write_text(json.dumps({"results": results, "stages": splits}, indent=2))
 
 
 if __name__ == "__main__":

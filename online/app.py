@@ -1,243 +1,191 @@
 """The online churn service: POST /predict with a customer ID, features from Redis through Feast.
 
-The lifespan opens the feature store and loads the bundle once (refusing one whose contract no
-longer matches the registry); routes are thin: look up features (online/features.py), score
-with the shared function (training/score.py), log what was served (online/feature_log.py).
-Run it with `skewless serve`.
+    uvicorn online.app:create_app --factory      (or `skewless serve`)
+
+The lifespan builds the service once per worker (online/service.py: store, verified bundle,
+resolved features, feature log) and closes it on shutdown, which flushes the feature log.
+Routes are thin: validate (online/schemas.py), call `Service.predict`, shape the answer.
+
+Routes are `async def` and call the blocking feature read directly, on purpose. A request is
+~1 ms of CPU-bound Python with one Redis round trip of ~0.1 ms; handing it to the threadpool
+(what a plain `def` route does) costs more than that round trip and adds GIL hand-offs, and
+concurrency on a multi-core machine comes from `--workers` anyway. What this gives up, an event
+loop free while Redis is slow, is covered by the bounded socket timeout and the breaker
+(online/breaker.py): a hung Redis costs one timeout per cooldown, not one per request.
 """
 
 from __future__ import annotations
 
-import os
+import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, StrictInt
 from starlette.responses import Response
 
-from online.feature_log import FeatureLogger
-from online.features import OnlineFeatures
-from online.metrics import ERRORS, FEATURE_AGE, FEATURE_LOOKUP, MODEL, REQUESTS
+from online.breaker import StoreUnavailable
+from online.metrics import ERRORS, REQUESTS, render
+from online.schemas import BatchRequest, BatchResponse, ErrorResponse, Health, Prediction, PredictRequest, Readiness
+from online.service import Service, start
 from online.settings import Settings
-from training.bundle import Bundle, load_bundle
-from training.score import score
-from training.store import REDIS_ENV, open_store
 
-INT64_MAX = 2**63 - 1
-CustomerId = Annotated[StrictInt, Field(ge=0, le=INT64_MAX, description="The customer's ID (customer_id join key).")]
-
-
-class PredictRequest(BaseModel):
-    customer_id: CustomerId
-
-
-class BatchRequest(BaseModel):
-    customer_ids: list[CustomerId] = Field(min_length=1, max_length=1_000)
-
-
-class Prediction(BaseModel):
-    customer_id: int
-    status: str = "ok"
-    churn_probability: float | None = None
-    churn_prediction: int | None = None
-    risk_segment: str | None = None
-    model_name: str | None = None
-    model_version: str | None = None
-    features_as_of: str | None = None
-    features: dict[str, Any] | None = None
-
-
-class BatchResponse(BaseModel):
-    predictions: list[Prediction]
-
-
-class Unavailable(Exception):
-    """The online store did not answer in time."""
-
-
-def _with_timeouts(conn: str, timeout: float) -> str:
-    extra = [p for p in (f"socket_timeout={timeout}", f"socket_connect_timeout={timeout}") if p.split("=")[0] not in conn]
-    return ",".join([conn, *extra])
+log = logging.getLogger("skewless.online")
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    os.environ[REDIS_ENV] = _with_timeouts(os.environ.get(REDIS_ENV, "127.0.0.1:6379"), settings.redis_timeout_s)
-    store = open_store(settings.repo_path)
-    # redis-py retries a failed command with backoff for seconds by default; one immediate
-    # retry (a dropped idle connection) is all a live request can afford.
-    online_redis(store).set_retry(Retry(NoBackoff(), 1))
-    bundle = load_bundle(settings.model_version, settings.model_dir, store=store)
-    bundle.booster.set_param({"nthread": 1})
-    app.state.store = store
-    app.state.bundle = bundle
-    app.state.features = OnlineFeatures(store, bundle.feature_service)
-    app.state.feature_log = FeatureLogger(
-        settings.feature_log_dir, bundle, settings.feature_log_queue, settings.feature_log_flush_rows, settings.feature_log_flush_s
-    )
-    app.state.loads = getattr(app.state, "loads", 0) + 1
+    service = start(app.state.settings)
+    app.state.service = service
     try:
         yield
     finally:
-        app.state.feature_log.close()
+        service.close()
 
 
-def online_redis(store) -> redis.Redis:
-    """The redis-py client inside Feast's Redis online store (created on first use)."""
-    return store._get_provider().online_store._get_client(store.config.online_store)
+async def get_service(request: Request) -> Service:
+    """The worker's Service (async: a plain `def` dependency would cost a threadpool hop)."""
+    return request.app.state.service
 
 
-def get_bundle(request: Request) -> Bundle:
-    return request.app.state.bundle
+ServiceDep = Annotated[Service, Depends(get_service)]
+IncludeFeatures = Annotated[bool, Query(description="Also return the feature values passed to the model.")]
 
-
-def get_features(request: Request) -> OnlineFeatures:
-    return request.app.state.features
-
-
-def get_feature_log(request: Request) -> FeatureLogger:
-    return request.app.state.feature_log
-
-
-def predict_many(ids: list[int], bundle: Bundle, lookup: OnlineFeatures, log: FeatureLogger, include_features: bool) -> list[Prediction]:
-    """Features for `ids` at the request time, scored with the shared function, in request order."""
-    t = time.perf_counter()
-    try:
-        result, now = lookup.lookup(ids)
-    except (redis.RedisError, OSError) as exc:
-        ERRORS.labels(kind="online_store").inc()
-        raise Unavailable(f"online store (Redis) unavailable: {type(exc).__name__}: {exc}") from exc
-    FEATURE_LOOKUP.observe(time.perf_counter() - t)
-    t = time.perf_counter()
-    scores = score(bundle, result.features)
-    MODEL.observe(time.perf_counter() - t)
-    as_of = now.isoformat()
-    out = []
-    for i, cid in enumerate(ids):
-        if not result.found[i]:
-            out.append(Prediction(customer_id=cid, status="not_found"))
-            continue
-        feats = {name: values[i] for name, values in result.features.items()}
-        p = float(scores.probability[i])
-        pred = Prediction(
-            customer_id=cid, churn_probability=p, churn_prediction=int(scores.prediction[i]), risk_segment=scores.risk_segment[i],
-            model_name=bundle.name, model_version=bundle.version, features_as_of=as_of,
-            features=_jsonable(feats) if include_features else None,
-        )
-        out.append(pred)
-        if result.oldest_age_s[i] is not None:
-            FEATURE_AGE.observe(result.oldest_age_s[i])
-        log.log({"customer_id": cid, "request_time": now, "model_name": bundle.name, "model_version": bundle.version,
-                 "churn_probability": p, "churn_prediction": pred.churn_prediction, "risk_segment": pred.risk_segment,
-                 **{f.name: _loggable(feats[f.name], f.is_categorical) for f in bundle.features}})
-    return out
-
-
-def _jsonable(feats: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and v != v else v) for k, v in feats.items()}
-
-
-def _loggable(v: Any, categorical: bool) -> Any:
-    if v is None:
-        return None
-    return str(v) if categorical else float(v)
+ERROR_RESPONSES = {
+    422: {"description": "Invalid body: wrong types, missing or unknown fields, IDs outside 0..2^63-1, too many IDs, malformed JSON."},
+    503: {"model": ErrorResponse, "description": "The online store (Redis) is not answering; retry later."},
+}
 
 
 class RequestMetrics:
-    """Pure ASGI middleware: request latency by route and status (no per-request task or copy)."""
+    """Pure ASGI middleware: latency by route template and status, and the request-size limit.
 
-    def __init__(self, app):
+    Pure ASGI rather than @app.middleware("http"), which wraps every request in extra tasks and
+    streams; this costs a few microseconds.
+    """
+
+    def __init__(self, app, max_body_bytes: int):
         self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.histograms: dict[tuple[str, str, int], object] = {}  # labelled children, resolved once each
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         t = time.perf_counter()
-        status = {"code": 500}
+        status = 500
 
-        async def send_wrapper(message):
+        async def send_status(message):
+            nonlocal status
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status = message["status"]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            for name, value in scope["headers"]:
+                if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
+                    ERRORS.labels(kind="too_large").inc()
+                    response = JSONResponse({"detail": f"request body over {self.max_body_bytes:,} bytes"}, status_code=413)
+                    return await response(scope, receive, send_status)
+            await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            REQUESTS.labels(route=getattr(route, "path", "unmatched"), method=scope["method"], status=str(status["code"])).observe(time.perf_counter() - t)
+            key = (getattr(scope.get("route"), "path", "unmatched"), scope["method"], status)
+            histogram = self.histograms.get(key)
+            if histogram is None:
+                histogram = self.histograms[key] = REQUESTS.labels(route=key[0], method=key[1], status=str(status))
+            histogram.observe(time.perf_counter() - t)
+
+
+def _json_safe(value):
+    """The value with non-finite floats as strings: Python's JSON parser accepts `NaN` and
+    `Infinity` in a body, and an error echoing them back must still be valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
     app = FastAPI(
         title="skewless churn service",
-        description="Churn predictions by customer ID, with features from the Feast online store.",
+        description="Churn predictions by customer ID. Features come from the Feast online store at the request "
+        "time, with the same TTLs and on-demand transform as training; scoring uses the model bundle's own function.",
         version="1.0",
         lifespan=lifespan,
     )
-    app.state.settings = settings or Settings()
+    app.state.settings = settings
+    app.add_middleware(RequestMetrics, max_body_bytes=settings.max_body_bytes)
 
-    app.add_middleware(RequestMetrics)
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
-    # Routes are `async def` that call the (blocking) lookup directly, on purpose: it is ~1 ms
-    # of mostly CPU work with Redis waits bounded by redis_timeout_s, and a threadpool hop per
-    # request costs more than it saves. Concurrency comes from `skewless serve --workers`.
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422 (`detail`: the list of errors) plus `message`: one line a person can act on."""
+        ERRORS.labels(kind="invalid_request").inc()
+        errors = _json_safe(jsonable_encoder(exc.errors()))
+        content_type = request.headers.get("content-type", "")
+        if request.method == "POST" and "json" not in content_type:
+            message = f"send the body as JSON with 'Content-Type: application/json' (got {content_type or 'no content type'!r})"
+        else:
+            message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in errors[:5])
+        return JSONResponse({"detail": errors, "message": message}, status_code=422)
 
-    @app.exception_handler(Unavailable)
-    async def unavailable(_: Request, exc: Unavailable) -> JSONResponse:
-        return JSONResponse(status_code=503, content={"detail": str(exc)})
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        ERRORS.labels(kind="internal").inc()
+        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the service log"}, status_code=500)
 
-    @app.post("/predict", response_model=Prediction, response_model_exclude_none=True,
-              responses={404: {"description": "No features for this customer in the online store."}, 503: {"description": "Online store unavailable."}})
-    async def predict(
-        body: PredictRequest,
-        include_features: bool = Query(False, description="Also return the feature values used."),
-        bundle: Bundle = Depends(get_bundle),
-        lookup: OnlineFeatures = Depends(get_features),
-        log: FeatureLogger = Depends(get_feature_log),
-    ):
-        pred = predict_many([body.customer_id], bundle, lookup, log, include_features)[0]
-        if pred.status == "not_found":
+    @app.post(
+        "/predict", response_model=Prediction, response_model_exclude_none=True, tags=["predict"],
+        responses={404: {"model": ErrorResponse, "description": "No features for this customer in the online store."}, **ERROR_RESPONSES},
+    )
+    async def predict(body: PredictRequest, service: ServiceDep, include_features: IncludeFeatures = False) -> Prediction:
+        """Churn prediction for one customer, with features as of now."""
+        prediction = service.predict([body.customer_id], include_features)[0]
+        if prediction.status == "not_found":
             ERRORS.labels(kind="not_found").inc()
-            return JSONResponse(status_code=404, content={"detail": f"customer {body.customer_id} has no features in the online store"})
-        return pred
+            raise HTTPException(404, f"customer {body.customer_id} has no features in the online store "
+                                     "(never materialized, or every row is past its view's TTL)")
+        return prediction
 
-    @app.post("/predict/batch", response_model=BatchResponse, response_model_exclude_none=True)
-    async def predict_batch(
-        body: BatchRequest,
-        include_features: bool = Query(False, description="Also return the feature values used."),
-        bundle: Bundle = Depends(get_bundle),
-        lookup: OnlineFeatures = Depends(get_features),
-        log: FeatureLogger = Depends(get_feature_log),
-    ):
-        return BatchResponse(predictions=predict_many(body.customer_ids, bundle, lookup, log, include_features))
+    @app.post("/predict/batch", response_model=BatchResponse, response_model_exclude_none=True, tags=["predict"], responses=ERROR_RESPONSES)
+    async def predict_batch(body: BatchRequest, service: ServiceDep, include_features: IncludeFeatures = False) -> BatchResponse:
+        """Predictions for up to 1,000 customers in request order; an ID without features gets status not_found."""
+        return BatchResponse.model_construct(predictions=service.predict(body.customer_ids, include_features))
 
-    @app.get("/health")
-    def health() -> dict[str, str]:
-        return {"status": "alive"}
+    @app.get("/health", response_model=Health, tags=["operations"])
+    async def health() -> Health:
+        """The process is alive (liveness); says nothing about Redis or the model."""
+        return Health()
 
-    @app.get("/ready", responses={503: {"description": "Not ready, with the reason."}})
-    def ready(request: Request):
-        state = request.app.state
-        if getattr(state, "bundle", None) is None:
-            return JSONResponse(status_code=503, content={"ready": False, "reason": "model not loaded"})
-        try:
-            online_redis(state.store).ping()
-        except (redis.RedisError, OSError) as exc:
-            ERRORS.labels(kind="online_store").inc()
-            return JSONResponse(status_code=503, content={"ready": False, "reason": f"online store (Redis) not answering: {exc}"})
-        return {"ready": True, "model": f"{state.bundle.name}/{state.bundle.version}"}
+    @app.get("/ready", response_model=Readiness, response_model_exclude_none=True, tags=["operations"],
+             responses={503: {"model": Readiness, "description": "Not ready, with the reason."}})
+    async def ready(request: Request):
+        """Model loaded and Redis answering (readiness)."""
+        service: Service | None = getattr(request.app.state, "service", None)
+        if service is None:
+            return JSONResponse({"ready": False, "reason": "model not loaded"}, status_code=503)
+        reason = service.ready()
+        if reason:
+            return JSONResponse({"ready": False, "reason": reason}, status_code=503)
+        return Readiness(ready=True, model=f"{service.bundle.name}/{service.bundle.version}")
 
-    @app.get("/metrics")
-    def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus metrics (all workers' when served with --workers > 1)."""
+        body, content_type = render()
+        return Response(body, media_type=content_type)
 
     return app

@@ -1,37 +1,76 @@
 """What the service served, logged off the request path to Parquet.
 
-Requests put one row per prediction on a bounded in-memory queue (never blocking: when it is
-full the row is dropped and counted in `skewless_feature_log_dropped_total`); a background
-thread writes them as Parquet files every `flush_rows` rows or `flush_s` seconds, each to a
-temporary name first and renamed, so a reader never sees a partial file. `close()` drains the
-queue, so a clean shutdown loses nothing.
+The request path only appends one tuple per request to an in-memory buffer (no lock wait, no
+thread wake-up, no I/O). A background thread wakes every `flush_s`, turns what accumulated
+into an Arrow table and appends it as a row group to the worker's current file; a file is
+closed and a new one started after `rotate_rows` rows, `rotate_s` seconds, or at midnight UTC.
+The buffer is bounded: past `max_rows` pending rows a request's rows are dropped and counted
+(`skewless_feature_log_dropped_total`), never waited for. `close()`, which the lifespan calls
+on shutdown, writes everything still buffered and closes the file: a clean shutdown loses
+nothing. A killed process loses its open file (at most `rotate_s` of logs).
 
-File layout: <log_dir>/date=YYYY-MM-DD/part-<unix-ms>-<pid>.parquet, schema:
-  customer_id int64, request_time timestamp[us, UTC], model_name string, model_version string,
-  churn_probability float64, churn_prediction int64, risk_segment string,
-  then one column per contract feature (string for String features, float64 otherwise).
+Layout (hive-style, one writer per worker process):
+
+    <log_dir>/date=YYYY-MM-DD/part-<YYYYmmddTHHMMSSZ>-<pid>-<n>.parquet
+
+A file is written under a hidden name (`.part-...inprogress`) and renamed when closed, so a
+reader only ever sees complete files.
+
+Schema, version 1 (one row per customer scored; `not_found` IDs are not logged):
+
+    customer_id        int64
+    request_time       timestamp[us, UTC]  the request time: `as_of` of the on-demand view and
+                                           the time the views' TTLs were applied at; replaying
+                                           point-in-time retrieval at it must give the same features
+    model_name         string
+    model_version      string
+    churn_probability  float64
+    churn_prediction   int64               1 = churn at the bundle's decision threshold
+    risk_segment       string
+    <feature>, ...     the FeatureService's features in contract order, exactly the values passed
+                       to score(): String -> string, Int64 -> int64, Float64 -> float64
+                       (other Feast types: Int32 int32, Float32 float32, Bool bool,
+                       UnixTimestamp timestamp[us, UTC]); null = missing
+
+The Parquet schema metadata key `skewless.feature_log` holds JSON: schema_version,
+feature_service, model_name, model_version and the features with their Feast dtypes.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-import queue
 import threading
 import time
-from datetime import datetime
+from collections import deque
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from online.metrics import FEATURE_LOG_DROPPED
+from online.metrics import ERRORS, FEATURE_LOG_DROPPED, FEATURE_LOG_WRITTEN
 from training.bundle import Bundle
 
-_STOP = object()
+SCHEMA_VERSION = 1
+METADATA_KEY = b"skewless.feature_log"
+log = logging.getLogger("skewless.feature_log")
+
+_ARROW_TYPES = {
+    "String": pa.string(),
+    "Int64": pa.int64(),
+    "Int32": pa.int32(),
+    "Float64": pa.float64(),
+    "Float32": pa.float32(),
+    "Bool": pa.bool_(),
+    "UnixTimestamp": pa.timestamp("us", tz="UTC"),
+}
 
 
 def log_schema(bundle: Bundle) -> pa.Schema:
+    """The feature-log schema for a bundle (see the module docstring)."""
     fields = [
         ("customer_id", pa.int64()),
         ("request_time", pa.timestamp("us", tz="UTC")),
@@ -41,64 +80,158 @@ def log_schema(bundle: Bundle) -> pa.Schema:
         ("churn_prediction", pa.int64()),
         ("risk_segment", pa.string()),
     ]
-    fields += [(f.name, pa.string() if f.is_categorical else pa.float64()) for f in bundle.features]
-    return pa.schema(fields)
+    fields += [(f.name, _ARROW_TYPES.get(f.dtype, pa.float64())) for f in bundle.features]
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "feature_service": bundle.feature_service,
+        "model_name": bundle.name,
+        "model_version": bundle.version,
+        "features": [{"name": f.name, "dtype": f.dtype} for f in bundle.features],
+    }
+    return pa.schema(fields, metadata={METADATA_KEY: json.dumps(meta).encode()})
+
+
+class Served(NamedTuple):
+    """One request's scored customers, as columns (what the request path hands over)."""
+
+    request_time: datetime
+    customer_ids: list[int]
+    probability: list[float]
+    prediction: list[int]
+    risk_segment: list[str]
+    features: dict[str, list[Any]]
 
 
 class FeatureLogger:
-    def __init__(self, log_dir: Path, bundle: Bundle, max_rows: int = 100_000, flush_rows: int = 5_000, flush_s: float = 5.0):
+    def __init__(
+        self,
+        log_dir: Path,
+        bundle: Bundle,
+        max_rows: int = 200_000,
+        flush_s: float = 1.0,
+        rotate_rows: int = 1_000_000,
+        rotate_s: float = 300.0,
+    ):
         self.log_dir = Path(log_dir)
         self.schema = log_schema(bundle)
-        self.queue: queue.Queue = queue.Queue(maxsize=max_rows)
-        self.flush_rows, self.flush_s = flush_rows, flush_s
-        self.thread = threading.Thread(target=self._run, name="feature-log", daemon=True)
+        self.model_name, self.model_version = bundle.name, bundle.version
+        self.feature_names = [f.name for f in bundle.features]
+        self.max_rows, self.flush_s = max_rows, flush_s
+        self.rotate_rows, self.rotate_s = rotate_rows, rotate_s
+        self._buffer: deque[Served] = deque()
+        self._pending = 0  # rows in the buffer
+        self._count_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._writer: pq.ParquetWriter | None = None
+        self._file: tuple[Path, Path] | None = None  # (in-progress path, final path)
+        self._file_rows = 0
+        self._file_started = 0.0
+        self._file_day = ""
+        self._seq = 0
+        self.thread = threading.Thread(target=self._run, name="skewless-feature-log", daemon=True)
         self.thread.start()
 
-    def log(self, row: dict[str, Any]) -> None:
-        """Queue one served row; never blocks the request."""
-        try:
-            self.queue.put_nowait(row)
-        except queue.Full:
-            FEATURE_LOG_DROPPED.inc()
+    def log(self, served: Served) -> None:
+        """Buffer one request's rows; never blocks. Past `max_rows` pending, drop and count."""
+        n = len(served.customer_ids)
+        with self._count_lock:
+            if self._pending + n > self.max_rows:
+                FEATURE_LOG_DROPPED.inc(n)
+                return
+            self._pending += n
+        self._buffer.append(served)
 
     def close(self) -> None:
-        """Flush everything queued and stop the writer thread."""
-        self.queue.put(_STOP)
-        self.thread.join(timeout=30)
+        """Write everything buffered, close the current file and stop the thread (idempotent)."""
+        self._stop.set()
+        self.thread.join(timeout=60)
+        if self.thread.is_alive():
+            log.error("feature log writer did not finish within 60 s; rows still buffered are lost")
 
+    # ------------------------------------------------------------------ writer thread
     def _run(self) -> None:
-        rows: list[dict] = []
-        deadline = time.monotonic() + self.flush_s
-        while True:
+        while not self._stop.wait(self.flush_s):
+            self._flush()
+        self._flush()
+        self._close_file()
+
+    def _flush(self) -> None:
+        chunks = []
+        while self._buffer:
+            chunks.append(self._buffer.popleft())
+        if chunks:
+            rows = sum(len(c.customer_ids) for c in chunks)
+            with self._count_lock:
+                self._pending -= rows
             try:
-                item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                self._write(rows)
-                return
-            if item is not None:
-                rows.append(item)
-            if len(rows) >= self.flush_rows or time.monotonic() >= deadline:
-                self._write(rows)
-                rows = []
-                deadline = time.monotonic() + self.flush_s
+                self._write(self._table(chunks), chunks[0].request_time)
+                FEATURE_LOG_WRITTEN.inc(rows)
+            except Exception:  # a full disk must not take the service down; count and carry on
+                log.exception("feature log: could not write %d rows to %s", rows, self.log_dir)
+                ERRORS.labels(kind="feature_log").inc()
+                FEATURE_LOG_DROPPED.inc(rows)
+                self._abandon_file()
+        if self._writer is not None and (self._file_rows >= self.rotate_rows or time.monotonic() - self._file_started >= self.rotate_s):
+            self._close_file()
 
-    def _write(self, rows: list[dict]) -> None:
-        if not rows:
-            return
-        table = pa.Table.from_pylist(rows, schema=self.schema)
-        first: datetime = rows[0]["request_time"]
-        part = self.log_dir / f"date={first:%Y-%m-%d}"
+    def _table(self, chunks: list[Served]) -> pa.Table:
+        cols: dict[str, list[Any]] = {name: [] for name in self.schema.names}
+        for c in chunks:
+            n = len(c.customer_ids)
+            cols["customer_id"] += c.customer_ids
+            cols["request_time"] += [c.request_time] * n
+            cols["churn_probability"] += c.probability
+            cols["churn_prediction"] += c.prediction
+            cols["risk_segment"] += c.risk_segment
+            for name in self.feature_names:
+                cols[name] += c.features[name]
+        total = len(cols["customer_id"])
+        cols["model_name"] = [self.model_name] * total
+        cols["model_version"] = [self.model_version] * total
+        return pa.Table.from_pydict(cols, schema=self.schema)
+
+    def _write(self, table: pa.Table, first: datetime) -> None:
+        day = first.astimezone(timezone.utc).strftime("%Y-%m-%d")
+        if self._writer is not None and day != self._file_day:
+            self._close_file()
+        if self._writer is None:
+            self._open_file(day)
+        self._writer.write_table(table)
+        self._file_rows += table.num_rows
+
+    def _open_file(self, day: str) -> None:
+        part = self.log_dir / f"date={day}"
         part.mkdir(parents=True, exist_ok=True)
-        name = f"part-{int(time.time() * 1000)}-{os.getpid()}.parquet"
-        tmp = part / f".{name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, part / name)
+        self._seq += 1
+        name = f"part-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{os.getpid()}-{self._seq}.parquet"
+        self._file = (part / f".{name}.inprogress", part / name)
+        self._writer = pq.ParquetWriter(self._file[0], self.schema)
+        self._file_rows, self._file_started, self._file_day = 0, time.monotonic(), day
+
+    def _close_file(self) -> None:
+        if self._writer is None:
+            return
+        try:
+            self._writer.close()
+            os.replace(*self._file)
+        except Exception:
+            log.exception("feature log: could not close %s", self._file[0])
+            ERRORS.labels(kind="feature_log").inc()
+        self._writer, self._file = None, None
+
+    def _abandon_file(self) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        except Exception:
+            pass
+        self._writer = None
 
 
-def read_log(log_dir: Path) -> "pa.Table | None":
+def read_log(log_dir: Path) -> pa.Table | None:
+    """Every complete feature-log file under `log_dir` as one table (None when there is none)."""
     files = sorted(Path(log_dir).glob("date=*/part-*.parquet"))
     if not files:
         return None
+    # ParquetFile, not read_table: read_table would add a `date` column from the directory name
     return pa.concat_tables([pq.ParquetFile(f).read() for f in files], promote_options="default")

@@ -1,17 +1,63 @@
-"""Prometheus metrics of the service (one registry per process; scrape each worker)."""
+"""Prometheus metrics of the service.
+
+With several uvicorn workers each process has its own counters, and a scrape of /metrics lands
+on one of them at random. `skewless serve --workers N` therefore sets PROMETHEUS_MULTIPROC_DIR
+(prometheus-client's multiprocess mode) before the workers start, and /metrics aggregates every
+worker's values from there.
+
+The mode is fixed when this module is imported, which is when prometheus-client picks where
+values live: importing `feast.metrics` (Feast does it lazily, inside get_online_features) sets
+PROMETHEUS_MULTIPROC_DIR to a temp dir of its own in os.environ, and reading the variable at
+scrape time would then aggregate that empty directory instead of this process's metrics.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import values
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+disable_created_metrics()  # no `_created` series: they double the scrape and nothing here reads them
 
-REQUESTS = Histogram("skewless_request_seconds", "HTTP request latency.", ["route", "method", "status"], buckets=LATENCY_BUCKETS)
-FEATURE_LOOKUP = Histogram("skewless_feature_lookup_seconds", "Online feature lookup through Feast, incl. on-demand transform.", buckets=LATENCY_BUCKETS)
-MODEL = Histogram("skewless_model_seconds", "Scoring with the bundle.", buckets=LATENCY_BUCKETS)
-FEATURE_AGE = Histogram(
-    "skewless_feature_age_seconds", "Age of the oldest feature-view row used for a prediction.",
-    buckets=(60, 3600, 6 * 3600, 86400, 3 * 86400, 7 * 86400, 30 * 86400, 365 * 86400),
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# prometheus-client's own choice, made when it was imported (MutexValue = in this process only)
+MULTIPROCESS = values.ValueClass is not values.MutexValue
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+AGE_BUCKETS = (60, 600, 3600, 6 * 3600, 86400, 2 * 86400, 7 * 86400, 14 * 86400, 30 * 86400, 90 * 86400, 365 * 86400)
+
+REQUESTS = Histogram(
+    "skewless_request_seconds", "HTTP request latency in the server, by route template and status.",
+    ["route", "method", "status"], buckets=LATENCY_BUCKETS,
 )
+FEATURE_LOOKUP = Histogram(
+    "skewless_feature_lookup_seconds", "Online store read through Feast (Redis, TTL), per request.", buckets=LATENCY_BUCKETS
+)
+ON_DEMAND = Histogram(
+    "skewless_on_demand_seconds", "On-demand feature view transform (the registry's own), per request.", buckets=LATENCY_BUCKETS
+)
+MODEL = Histogram("skewless_model_seconds", "Scoring with the bundle (training/score.py), per request.", buckets=LATENCY_BUCKETS)
+FEATURE_AGE = Histogram(
+    "skewless_feature_age_seconds", "Age of the feature-view row used (request time - event time), by view.",
+    ["view"], buckets=AGE_BUCKETS,
+)
+PREDICTIONS = Counter("skewless_predictions_total", "Customers scored, by outcome.", ["outcome"])
 ERRORS = Counter("skewless_errors_total", "Errors by kind.", ["kind"])
-FEATURE_LOG_DROPPED = Counter("skewless_feature_log_dropped_total", "Served rows not logged because the log queue was full.")
+FEATURE_LOG_WRITTEN = Counter("skewless_feature_log_rows_written_total", "Served rows written to the feature log.")
+FEATURE_LOG_DROPPED = Counter(
+    "skewless_feature_log_dropped_total", "Served rows not logged: the in-memory buffer was full or a write failed."
+)
+MODEL_LOADS = Counter("skewless_model_loads_total", "Model bundles loaded (once per worker start).")
+MODEL_INFO = Gauge(
+    "skewless_model_info", "The bundle being served (value 1).", ["model_name", "model_version", "feature_service"],
+    multiprocess_mode="max",
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text for a scrape: every worker's values in multiprocess mode."""
+    if MULTIPROCESS:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,9 +1,15 @@
-"""Service settings, from the environment (prefix SKEWLESS_) or a .env file."""
+"""Service settings, from the environment (prefix SKEWLESS_) or a .env file in the working directory.
+
+Every worker process reads them when it starts, so `skewless serve` passes its options on as
+environment variables. Defaults suit one machine; the Redis waits are what keep a request from
+hanging when Redis is down or slow.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from training.bundle import DEFAULT_MODEL_DIR
@@ -15,13 +21,18 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SKEWLESS_", env_file=".env", extra="ignore", protected_namespaces=())
 
-    repo_path: Path = REPO_DIR
-    model_dir: Path = DEFAULT_MODEL_DIR
-    model_version: str = "latest"
-    # Bounded Redis waits: a request fails in well under a second when Redis is down or slow.
-    redis_timeout_s: float = 0.25
-    max_batch: int = 1_000
-    feature_log_dir: Path = PROJECT_DIR / "data" / "feature_log"
-    feature_log_queue: int = 100_000  # rows held in memory at most; more are dropped and counted
-    feature_log_flush_rows: int = 5_000
-    feature_log_flush_s: float = 5.0
+    repo_path: Path = Field(REPO_DIR, description="Feast repository (feature_store.yaml).")
+    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Where model bundles live (models/<name>/<version>).")
+    model_version: str = Field("latest", description="Bundle version to serve, or `latest`.")
+    # SKEWLESS_REDIS is also what feature_store.yaml's ${SKEWLESS_REDIS} expands to: one variable.
+    redis: str | None = Field(None, description="Feast Redis connection string host:port[,db=N,...]; default: the yaml's.")
+    redis_timeout_s: float = Field(0.2, gt=0, description="Socket connect/read timeout per Redis command.")
+    redis_retries: int = Field(1, ge=0, description="Immediate retries of a failed Redis command (a dropped idle connection).")
+    redis_cooldown_s: float = Field(1.0, ge=0, description="After a Redis failure, answer 503 at once for this long, then try again.")
+    max_body_bytes: int = Field(256 * 1024, gt=0, description="Larger request bodies get 413 (1,000 IDs take ~20 KB).")
+    feature_log: bool = Field(True, description="Log what was served (Parquet under feature_log_dir).")
+    feature_log_dir: Path = Field(PROJECT_DIR / "data" / "feature_log", description="Feature-log root (date=YYYY-MM-DD/part-*.parquet).")
+    feature_log_max_rows: int = Field(200_000, gt=0, description="Rows held in memory at most; more are dropped and counted.")
+    feature_log_flush_s: float = Field(1.0, gt=0, description="How often buffered rows are written (a Parquet row group).")
+    feature_log_rotate_rows: int = Field(1_000_000, gt=0, description="Rows per file before a new file starts.")
+    feature_log_rotate_s: float = Field(300.0, gt=0, description="Seconds per file before a new file starts.")

@@ -1,0 +1,168 @@
+"""The service's state, built once per worker, and the one prediction pipeline the routes call.
+
+`start(settings)` opens the feature store (TTL-applying reads, bounded Redis waits, registry
+read once), loads the bundle through `load_bundle(..., store=store)` (refusing one whose
+contract no longer matches the registry), resolves the FeatureService and starts the feature
+log. `Service.predict` is lookup -> `training.score.score` -> log, with metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import redis
+
+from online.breaker import Breaker, StoreUnavailable
+from online.feature_log import FeatureLogger, Served
+from online.features import FeatureLookup, connect_store, redis_client
+from online.metrics import ERRORS, FEATURE_AGE, FEATURE_LOOKUP, MODEL, MODEL_INFO, MODEL_LOADS, ON_DEMAND, PREDICTIONS
+from online.schemas import Prediction
+from online.settings import Settings
+from training.bundle import Bundle, load_bundle
+from training.score import score
+
+log = logging.getLogger("skewless.online")
+STORE_ERRORS = (redis.RedisError, OSError)
+
+
+class ServiceMetrics:
+    """Labelled Prometheus children resolved once (a `.labels()` lookup per request adds up)."""
+
+    def __init__(self, views: list[str]):
+        self.ok = PREDICTIONS.labels(outcome="ok")
+        self.not_found = PREDICTIONS.labels(outcome="not_found")
+        self.feature_age = {view: FEATURE_AGE.labels(view=view) for view in views}
+
+
+@dataclass
+class Service:
+    settings: Settings
+    store: object  # feast.FeatureStore
+    bundle: Bundle
+    lookup: FeatureLookup
+    breaker: Breaker
+    feature_log: FeatureLogger | None
+    metrics: ServiceMetrics
+
+    def predict(self, customer_ids: list[int], include_features: bool = False) -> list[Prediction]:
+        """Predictions for `customer_ids` at this instant, in request order (not_found slots included).
+
+        Raises StoreUnavailable (-> 503) when Redis cannot be read.
+        """
+        now = datetime.now(timezone.utc)
+        self.breaker.check()
+        try:
+            got = self.lookup.lookup(customer_ids, now)
+        except STORE_ERRORS as exc:
+            ERRORS.labels(kind="online_store").inc()
+            raise self.breaker.failure(exc) from exc
+        self.breaker.success()
+        FEATURE_LOOKUP.observe(got.read_s)
+        ON_DEMAND.observe(got.transform_s)
+
+        found = got.found
+        n, n_found = len(customer_ids), sum(found)
+        if n_found < n:
+            self.metrics.not_found.inc(n - n_found)
+        if n_found == 0:
+            return [Prediction.model_construct(customer_id=c, status="not_found") for c in customer_ids]
+        self.metrics.ok.inc(n_found)
+        # score only the customers with features; the model never sees an all-missing row
+        idx = [i for i in range(n) if found[i]]
+        feats = got.values if n_found == n else {k: [v[i] for i in idx] for k, v in got.values.items()}
+        ids = customer_ids if n_found == n else [customer_ids[i] for i in idx]
+
+        t = time.perf_counter()
+        scores = score(self.bundle, feats)
+        MODEL.observe(time.perf_counter() - t)
+
+        now_s = now.timestamp()
+        for view, ts in got.view_ts.items():
+            age = self.metrics.feature_age[view]
+            for i in idx:
+                if ts[i]:
+                    age.observe(now_s - ts[i])
+
+        probability = scores.probability.tolist()
+        prediction = scores.prediction.tolist()
+        if self.feature_log is not None:
+            self.feature_log.log(Served(now, ids, probability, prediction, scores.risk_segment, feats))
+
+        as_of = now.isoformat()
+        name, version = self.bundle.name, self.bundle.version
+        scored = [
+            Prediction.model_construct(
+                customer_id=cid, status="ok", churn_probability=p, churn_prediction=y, risk_segment=s,
+                model_name=name, model_version=version, features_as_of=as_of,
+                features={k: _json_value(v[j]) for k, v in feats.items()} if include_features else None,
+            )
+            for j, (cid, p, y, s) in enumerate(zip(ids, probability, prediction, scores.risk_segment))
+        ]
+        if n_found == n:
+            return scored
+        out = [Prediction.model_construct(customer_id=c, status="not_found") for c in customer_ids]
+        for j, i in enumerate(idx):
+            out[i] = scored[j]
+        return out
+
+    def ready(self) -> str | None:
+        """None when the service can answer; else the reason (for /ready's 503)."""
+        try:
+            redis_client(self.store).ping()
+        except STORE_ERRORS as exc:
+            ERRORS.labels(kind="online_store").inc()
+            return f"{self.breaker.what} not answering: {type(exc).__name__}: {exc}"
+        self.breaker.success()  # Redis answers: let requests through at once
+        return None
+
+    def close(self) -> None:
+        if self.feature_log is not None:
+            self.feature_log.close()
+
+
+def _json_value(v):
+    """A feature value as it goes out in JSON: NaN (missing to the model) as null."""
+    if isinstance(v, float) and v != v:
+        return None
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def start(settings: Settings) -> Service:
+    """Open the store, load and verify the bundle, resolve the features, start the log."""
+    store, warning = connect_store(settings.repo_path, settings.redis, settings.redis_timeout_s, settings.redis_retries)
+    if warning:
+        log.warning(warning)
+    bundle = load_bundle(settings.model_version, settings.model_dir, store=store)
+    MODEL_LOADS.inc()
+    MODEL_INFO.labels(model_name=bundle.name, model_version=bundle.version, feature_service=bundle.feature_service).set(1)
+    lookup = FeatureLookup(store, bundle.feature_service)
+    config = store.config.online_store
+    where = config.connection_string.split(",")[0]
+    breaker = Breaker(settings.redis_cooldown_s, f"online store (Redis {where})")
+    feature_log = None
+    if settings.feature_log:
+        feature_log = FeatureLogger(
+            settings.feature_log_dir, bundle, settings.feature_log_max_rows, settings.feature_log_flush_s,
+            settings.feature_log_rotate_rows, settings.feature_log_rotate_s,
+        )
+    service = Service(settings, store, bundle, lookup, breaker, feature_log, ServiceMetrics(list(lookup.view_features)))
+    _warm_up(service)
+    return service
+
+
+def _warm_up(service: Service) -> None:
+    """One lookup and one score before the first request: connections, caches, first-call costs.
+
+    Redis may be down at start: the service starts anyway (/ready says why) and recovers later.
+    """
+    try:
+        service.lookup.lookup([0], datetime.now(timezone.utc))
+    except STORE_ERRORS as exc:
+        log.warning("online store not answering at start-up (%s); /ready is 503 until it does", exc)
+    score(service.bundle, {f.name: [None] for f in service.bundle.features})
