@@ -1,0 +1,260 @@
+"""The skewless materialization engine against Feast's own, on real Redis servers and DuckDB.
+
+What must hold for the engine to replace Feast's in `feature_store.yaml`:
+- Feast's readers cannot tell: for the same data, every Redis key, field and value is the byte
+  string Feast's stock engine writes, and `get_online_features` returns the same;
+- newer wins: an older or overlapping window never replaces a newer value;
+- an interrupted run followed by a re-run leaves Redis exactly as one clean run does;
+- late-arriving rows (created after the window they belong to was materialized) reach Redis on
+  the next `materialize-incremental`, where Feast's engine loses them;
+- `skewless materialize` reports what it did and fails on bad input with one line.
+Each test writes to its own throwaway redis-server, never the session one other tests read.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from conftest import copy_repo, feast_apply
+
+from online.materialize_engine import SkewlessRedisEngineConfig, join_rows, plan_view, value_proto, write_view
+from online.redis_server import throwaway_redis
+from training.generate import ACTIVITY_FILE, ACTIVITY_SCHEMA, LABEL_SCHEMA, LABELS_FILE, PROFILE_SCHEMA, PROFILES_FILE
+from training.store import REDIS_ENV, open_store
+
+UTC = timezone.utc
+T0 = datetime(2026, 6, 1, tzinfo=UTC)
+EVERYTHING = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC))  # a window holding all generated rows
+NULL = object()  # an explicit null `created` in profile_row
+PROFILE_FEATURES = ["plan", "region", "seats", "monthly_fee", "signup_date", "status"]
+ACTIVITY_FEATURES = [f for f in ACTIVITY_SCHEMA.names if f not in ("customer_id", "event_timestamp", "created")]
+
+
+def day(n: float) -> datetime:
+    return T0 + timedelta(days=n)
+
+
+def open_on(repo, endpoint, monkeypatch, engine: str | None = None):
+    """The repo's store writing to `endpoint`; `engine="local"` swaps in Feast's stock engine."""
+    monkeypatch.setenv(REDIS_ENV, endpoint.feast)
+    store = open_store(repo)
+    if engine is not None:
+        store.config.batch_engine_config = engine
+    return store
+
+
+def redis_dump(endpoint) -> dict[bytes, dict[bytes, bytes]]:
+    client = endpoint.client(timeout=30)
+    return {key: client.hgetall(key) for key in client.scan_iter(count=1000)}
+
+
+def online(store, ids) -> dict:
+    refs = [f"customer_profile:{f}" for f in PROFILE_FEATURES] + [f"customer_activity:{f}" for f in ACTIVITY_FEATURES]
+    return store.get_online_features(features=refs, entity_rows=[{"customer_id": int(i)} for i in ids]).to_dict()
+
+
+def activity_row(cid, event, created, logins_7d, **extra):
+    row = {c: 0 for c in ACTIVITY_SCHEMA.names}
+    row.update(customer_id=cid, event_timestamp=event, created=created, logins_7d=logins_7d, logins_30d=logins_7d * 3,
+               active_minutes_7d=1.5, active_minutes_30d=4.5, spend_7d=2.0, spend_30d=6.0, last_active_at=event)
+    row.update(extra)
+    return row
+
+
+def profile_row(cid, event, created=None, **extra):  # created: the event time unless given (NULL: null)
+    row = dict(customer_id=cid, event_timestamp=event, created=None if created is NULL else created or event, plan="pro", region="na", seats=2,
+               monthly_fee=50.0, signup_date=day(-100), status="active")
+    row.update(extra)
+    return row
+
+
+def write_sources(repo, profiles, activity) -> None:
+    pq.write_table(pa.Table.from_pylist(profiles, schema=PROFILE_SCHEMA), repo / "data" / PROFILES_FILE)
+    pq.write_table(pa.Table.from_pylist(activity, schema=ACTIVITY_SCHEMA), repo / "data" / ACTIVITY_FILE)
+    pq.write_table(LABEL_SCHEMA.empty_table(), repo / "data" / LABELS_FILE)
+
+
+# Every awkward value the encoders meet, on customers 100001.. next to the 1k generated ones:
+# nulls of each type, NaN, -0.0, empty and non-ASCII strings, a null timestamp among valid ones,
+# sub-second times, negative and large integers, same-event-time ties broken by `created` (a
+# null `created` loses; a full tie goes to the first row), a row too old for any window.
+A, B, C, D, E, F = range(100_001, 100_007)
+EDGE_PROFILES = [
+    profile_row(A, day(-50), region=None, seats=None, monthly_fee=float("nan"), signup_date=None),
+    profile_row(A, day(-10), plan="énterprise ✓", region="", seats=2**40, monthly_fee=-0.0, status="active"),
+    profile_row(B, day(-20).replace(microsecond=123456), seats=-3, monthly_fee=1e300),
+    profile_row(C, day(-5), created=day(-5), plan="basic"),
+    profile_row(C, day(-5), created=day(-4), plan="business"),  # same event time, created later: wins
+    profile_row(D, day(-3), created=day(-3), plan="basic"),
+    profile_row(D, day(-3), created=NULL, plan="pro"),  # a null created loses the tie
+    profile_row(F, day(-2), plan="first"),  # a full tie (event time and created): the first row wins
+    profile_row(F, day(-2), plan="second"),
+]
+EDGE_ACTIVITY = [
+    activity_row(A, day(1), day(1), 7, last_active_at=day(0.5).replace(microsecond=999999)),
+    activity_row(A, day(2), day(2.5), 9, active_minutes_7d=None, spend_30d=float("nan")),
+    activity_row(B, day(3).replace(microsecond=1), day(3), -5, payment_failures_30d=2**50, last_active_at=None),
+    activity_row(C, day(4), day(4), 0, spend_7d=-0.0),
+    activity_row(E, datetime(1999, 1, 1, tzinfo=UTC), datetime(1999, 1, 1, tzinfo=UTC), 1),  # before the window
+]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, small_repo, redis_endpoint):
+    """The 1k generated customers plus the edge cases above, in a private applied copy
+    (materializing records windows in the registry, so not the shared small_repo)."""
+    repo = copy_repo(tmp_path_factory.mktemp("materialize") / "feature_repo")
+    data = small_repo / "data"
+    profiles = pa.concat_tables([pq.read_table(data / PROFILES_FILE), pa.Table.from_pylist(EDGE_PROFILES, schema=PROFILE_SCHEMA)])
+    activity = pa.concat_tables([pq.read_table(data / ACTIVITY_FILE), pa.Table.from_pylist(EDGE_ACTIVITY, schema=ACTIVITY_SCHEMA)])
+    pq.write_table(profiles, repo / "data" / PROFILES_FILE)
+    pq.write_table(activity, repo / "data" / ACTIVITY_FILE)
+    shutil.copy(data / LABELS_FILE, repo / "data")
+    assert feast_apply(repo, redis_endpoint).returncode == 0
+    return repo
+
+
+def test_feature_repo_runs_the_skewless_engine(repo, monkeypatch):
+    with throwaway_redis() as endpoint:
+        store = open_on(repo, endpoint, monkeypatch)
+        assert type(store._get_provider().batch_engine).__name__ == "SkewlessRedisEngine"
+        for view in store.list_feature_views():
+            assert not isinstance(plan_view(store.config, view), str), view.name  # no silent fallback
+
+
+def test_same_redis_bytes_and_online_features_as_feast(repo, monkeypatch):
+    with throwaway_redis() as stock_redis, throwaway_redis() as our_redis:
+        stock = open_on(repo, stock_redis, monkeypatch, engine="local")
+        stock.materialize(*EVERYTHING)
+        ours = open_on(repo, our_redis, monkeypatch)
+        ours.materialize(*EVERYTHING)
+        expected, got = redis_dump(stock_redis), redis_dump(our_redis)
+        ids = pq.read_table(repo / "data" / PROFILES_FILE, columns=["customer_id"]).column(0).unique().to_pylist() + [E, 999_999]
+        assert online(ours, ids) == online(stock, ids)
+    assert len(got) == len(expected) > 900
+    assert got == expected
+
+
+def test_encoders_match_feast_value_by_value():
+    """Column-wise protobuf bytes equal Feast's per-value conversion on every awkward value."""
+    from feast.type_map import python_values_to_proto_values
+    from feast.value_type import ValueType
+
+    ts = pa.timestamp("us", tz="UTC")
+    columns = {
+        ValueType.STRING: pa.array(["basic", None, "", "ünïcødé", "x" * 300]),
+        ValueType.BYTES: pa.array([b"\x00\x01", None, b"", b"\xff" * 200, b"z"]),
+        ValueType.INT64: pa.array([0, None, -1, 2**62, 127]),
+        ValueType.INT32: pa.array([0, None, -1, 2**30, 128], pa.int32()),
+        ValueType.DOUBLE: pa.array([0.0, None, float("nan"), -0.0, 1e300]),
+        ValueType.FLOAT: pa.array([0.0, None, float("nan"), -1.5, 3.25], pa.float32()),
+        ValueType.BOOL: pa.array([True, None, False, True, False]),
+        ValueType.UNIX_TIMESTAMP: pa.array([0, None, 1_790_000_000_123_456, -1_500_000, 999_999], ts),
+    }
+    for value_type, arr in columns.items():
+        data, offsets = join_rows(value_proto(arr, value_type), len(arr))
+        ours = [bytes(data[offsets[i]:offsets[i + 1]]) for i in range(len(arr))]
+        feast = [v.SerializeToString() for v in python_values_to_proto_values(arr.to_numpy(zero_copy_only=False), value_type)]
+        assert ours == feast, value_type
+
+
+def test_newer_wins_whatever_the_order_of_overlapping_windows(repo, monkeypatch):
+    with throwaway_redis() as newer_last, throwaway_redis() as newer_first:
+        a = open_on(repo, newer_last, monkeypatch)
+        a.materialize(day(-60), day(1.5))  # customer A: logins 7 (day 1)
+        assert online(a, [A])["logins_7d"] == [7]
+        a.materialize(day(-60), day(10))  # overlapping, newer: logins 9 (day 2)
+        b = open_on(repo, newer_first, monkeypatch)
+        b.materialize(day(-60), day(10))
+        newest = redis_dump(newer_first)
+        engine = b._get_provider().batch_engine
+        b.materialize(day(-60), day(1.5))  # older, overlapping windows: nothing may change
+        b.materialize(day(-60), day(-20))
+        assert redis_dump(newer_first) == newest == redis_dump(newer_last)
+        assert online(b, [A])["logins_7d"] == [9] and online(b, [A])["plan"] == ["énterprise ✓"]
+        assert sum(r.kept for r in engine.runs[-4:]) > 0  # older values were sent, and refused by Redis
+
+
+def test_interrupted_run_then_rerun_equals_one_clean_run(repo, monkeypatch):
+    class Interrupted(KeyboardInterrupt):
+        pass
+
+    def interrupt(rows):
+        raise Interrupted
+
+    small_batches = SkewlessRedisEngineConfig(batch_rows=100, keys_per_call=10)
+    with throwaway_redis() as interrupted, throwaway_redis() as clean:
+        store = open_on(repo, interrupted, monkeypatch)
+        view = store.get_feature_view("customer_activity")
+        client = store._get_provider().online_store._get_client(store.config.online_store)
+        with pytest.raises(Interrupted):
+            write_view(plan_view(store.config, view), client, *EVERYTHING, small_batches, on_batch=interrupt)
+        partial = interrupted.client().dbsize()
+        assert 0 < partial < 500  # the first batches landed, the rest did not
+        store.materialize(*EVERYTHING)  # the re-run
+        open_on(repo, clean, monkeypatch).materialize(*EVERYTHING)
+        assert redis_dump(interrupted) == redis_dump(clean)
+
+
+@pytest.fixture()
+def late_repo(tmp_path, redis_endpoint):
+    """Three customers with a row 5 days ago; materialize-incremental's first window is
+    relative to the wall clock (now - TTL), so these times are too."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    repo = copy_repo(tmp_path / "feature_repo")
+    profiles = [profile_row(c, now - timedelta(days=50)) for c in (1, 2, 3)]
+    activity = [activity_row(c, now - timedelta(days=5), now - timedelta(days=5), 1) for c in (1, 2, 3)]
+    write_sources(repo, profiles, activity)
+    assert feast_apply(repo, redis_endpoint).returncode == 0
+    return repo, now, profiles, activity
+
+
+def test_late_arriving_row_reaches_redis_on_the_next_incremental_run(late_repo, monkeypatch):
+    repo, now, profiles, activity = late_repo
+    t1, t2 = now - timedelta(days=3), now
+    late = t1 + timedelta(days=1)  # when the late rows arrive: after T1 was materialized
+    with throwaway_redis() as ours_redis, throwaway_redis() as stock_redis:
+        ours = open_on(repo, ours_redis, monkeypatch)
+        ours.materialize_incremental(t1)
+        stock = open_on(repo, stock_redis, monkeypatch, engine="local")
+        stock.materialize(now - timedelta(days=30), t1)  # the same first window, by Feast's engine
+        assert online(ours, [1, 2, 3])["logins_7d"] == [1, 1, 1]
+        write_sources(repo, profiles, activity + [
+            activity_row(1, t1 - timedelta(days=1), late, 9),  # late, and newer than Redis's value
+            activity_row(2, now - timedelta(days=6), late, 7),  # late, but older than Redis's value
+            activity_row(3, t1 - timedelta(days=1), late, 8),  # late, but a newer row exists:
+            activity_row(3, now - timedelta(days=1), now - timedelta(days=1), 4),
+        ])
+        ours.materialize_incremental(t2)  # what `cd feature_repo && feast materialize-incremental` runs
+        stock.materialize(t1, t2)  # Feast's engine, the same second window
+        assert online(ours, [1, 2, 3])["logins_7d"] == [9, 1, 4]
+        assert online(stock, [1, 2, 3])["logins_7d"] == [1, 1, 4]  # the bug this fixes: the late row is lost
+
+
+def test_cli_materializes_and_summarizes(repo, monkeypatch):
+    from training.cli import main
+
+    with throwaway_redis() as endpoint:
+        monkeypatch.setenv(REDIS_ENV, endpoint.feast)
+        monkeypatch.delenv("REDIS_URL", raising=False)
+        r = CliRunner().invoke(main, ["materialize", "--end", "2026-11-01T00:00:00Z", "--full", "--repo", str(repo)])
+        assert r.exit_code == 0, r.output
+        assert endpoint.client().dbsize() > 500
+    assert "customer_activity" in r.output and "rows/s" in r.output and "keys written" in r.output
+
+
+@pytest.mark.parametrize("end", ["yesterday-ish", "2026-13-45", "2099-01-01"])
+def test_cli_bad_end_is_one_line_and_nonzero(end, repo):
+    from training.cli import main
+
+    r = CliRunner().invoke(main, ["materialize", "--end", end, "--repo", str(repo)])
+    assert r.exit_code != 0
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "--end" in lines[0] or "not a time" in lines[0], r.output
+    assert "Traceback" not in r.output and isinstance(r.exception, SystemExit)
