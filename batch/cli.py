@@ -82,12 +82,11 @@ def _outputs(out_dir: Path | None, db_path: Path | None, parquet_dir: Path | Non
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output root: DIR/predictions.duckdb and DIR/predictions/churn_predictions/ (default: data/).")
 @click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="DuckDB file (overrides --out-dir).")
 @click.option("--parquet-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Parquet root holding churn_predictions/ (overrides --out-dir).")
-@click.option("--engine", type=click.Choice(["duckdb", "feast"]), default="duckdb", show_default=True, help="duckdb: as-of retrieval generated from the registry; feast: Feast's get_historical_features per chunk (the reference).")
 @click.option("--chunk-rows", type=int, default=None, help="Customers per chunk (default 250,000): bounds memory.")
 @click.option("--top", "top_n", type=int, default=10, show_default=True, help="Print this many highest-risk customers at the end (0: none).")
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the run summary (counts, stage times, peak RSS) as JSON here.")
 @click.pass_context
-def score(ctx, as_of, ids_file, all_active, version, model_dir, repo, out_dir, db_path, parquet_dir, engine, chunk_rows, top_n, summary_json) -> None:
+def score(ctx, as_of, ids_file, all_active, version, model_dir, repo, out_dir, db_path, parquet_dir, chunk_rows, top_n, summary_json) -> None:
     """Score customers as of a time into DuckDB (table churn_predictions) and Parquet.
 
     \b
@@ -112,7 +111,7 @@ def score(ctx, as_of, ids_file, all_active, version, model_dir, repo, out_dir, d
     if ids_file is not None:
         ids, duplicates = read_ids(ids_file)
     db, parquet_root = _outputs(out_dir, db_path, parquet_dir)
-    summary = _run(repo, model_dir, version, when, ids, db, parquet_root, engine, chunk_rows)
+    summary = _run(repo, model_dir, version, when, ids, db, parquet_root, chunk_rows)
     for warning in summary.warnings:
         click.echo(f"warning: {warning}", err=True)
     if duplicates:
@@ -126,7 +125,7 @@ def score(ctx, as_of, ids_file, all_active, version, model_dir, repo, out_dir, d
         summary_json.write_text(json.dumps(summary.to_json() | {"duplicates": duplicates}, indent=2) + "\n")
 
 
-def _run(repo, model_dir, version, when, ids, db, parquet_root, engine, chunk_rows):
+def _run(repo, model_dir, version, when, ids, db, parquet_root, chunk_rows):
     import duckdb
     from tqdm import tqdm
 
@@ -145,7 +144,7 @@ def _run(repo, model_dir, version, when, ids, db, parquet_root, engine, chunk_ro
     with tqdm(unit="customer", unit_scale=True, desc="score", file=sys.stderr, disable=None, leave=False) as bar:
         try:
             return run_batch(
-                store, bundle, when, None if ids is None else ids, db, parquet_root, chunk_rows or DEFAULT_CHUNK_ROWS, engine,
+                store, bundle, when, None if ids is None else ids, db, parquet_root, chunk_rows or DEFAULT_CHUNK_ROWS,
                 progress=bar.update, on_total=lambda n: (setattr(bar, "total", n), bar.refresh()),
             )
         except OutputError as exc:
@@ -172,7 +171,7 @@ def _print_summary(s, db: Path, parquet_root: Path) -> None:
     from batch.outputs import TABLE, RunKey
 
     n = max(s.customers, 1)
-    click.echo(f"scored {s.customers:,} customers as of {s.as_of.isoformat()} with {s.model} (engine {s.engine}, run {s.run_id})")
+    click.echo(f"scored {s.customers:,} customers as of {s.as_of.isoformat()} with {s.model} (run {s.run_id})")
     click.echo("  by risk segment: " + ", ".join(f"{name} {count:,} ({count / n:.1%})" for name, count in _segments(s)))
     click.echo(
         f"  missing features: {s.with_missing_features:,} customers with at least one missing input "
@@ -182,7 +181,7 @@ def _print_summary(s, db: Path, parquet_root: Path) -> None:
     retrieve = f"retrieve {secs.get('retrieve', 0):.2f}s"
     parts = [f"{k.split('.', 1)[1].replace('_', '-')} {v:.2f}s" for k, v in secs.items() if k.startswith("retrieve.")]
     if parts:
-        retrieve += f" ({', '.join(parts)}; runs a chunk ahead of scoring)" if s.engine == "duckdb" else f" ({', '.join(parts)})"
+        retrieve += f" ({', '.join(parts)}; runs a chunk ahead of scoring)"
     stages = [f"customers {secs.get('customers', 0):.2f}s", retrieve] + [f"{k} {secs[k]:.2f}s" for k in ("score", "write", "commit") if k in secs]
     click.echo("  time: " + ", ".join(stages) + f"; wall {s.wall_seconds:.2f}s, {s.rows_per_second:,.0f} rows/s")
     peaks = ", ".join(f"{k} {v:,.0f}" for k, v in s.peak_rss_mb.items())

@@ -1,15 +1,16 @@
 """The batch scoring job: which customers, their features as of T, scores, outputs.
 
-Features come only from point-in-time retrieval of the bundle's FeatureService
+Features come only from Feast's point-in-time retrieval of the bundle's FeatureService
 (batch/retrieval.py), scores only from the shared scoring function (training/score.py), so a
 batch score for a customer at T is the score the model would have been trained on at T.
 Customers go through in chunks of `chunk_rows` (retrieval runs one chunk ahead in a
-background thread, DuckDB and XGBoost release the GIL), so memory stays bounded at any
+background thread; DuckDB and XGBoost release the GIL), so memory stays bounded at any
 customer count; outputs are staged and swapped in at the end (batch/outputs.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -29,6 +30,7 @@ from batch.outputs import PredictionWriter, RunKey
 from batch.retrieval import (
     DEFAULT_CHUNK_ROWS,
     active_customers,
+    duckdb_memory_limited,
     resolve,
     source_time_ranges,
     stream_features,
@@ -54,7 +56,6 @@ class BatchSummary:
     run_id: str
     as_of: datetime
     model: str
-    engine: str
     customers: int = 0
     by_segment: Counter = field(default_factory=Counter)
     with_missing_features: int = 0  # at least one model input missing (null)
@@ -75,7 +76,6 @@ class BatchSummary:
             "run_id": self.run_id,
             "as_of": self.as_of.isoformat(),
             "model": self.model,
-            "engine": self.engine,
             "customers": self.customers,
             "by_segment": dict(self.by_segment),
             "with_missing_features": self.with_missing_features,
@@ -166,17 +166,6 @@ class _Failure:
     exc: BaseException
 
 
-def timed(items: Iterator[T], clock: StageClock, stage: str = "retrieve") -> Iterator[T]:
-    """Iterate `items` in this thread, timing each step as `stage`."""
-    done = object()
-    while True:
-        with clock.stage(stage):
-            item = next(items, done)
-        if item is done:
-            return
-        yield item
-
-
 def prediction_table(ids: np.ndarray, scores, bundle: Bundle, as_of: datetime, scored_at: datetime, run_id: str) -> pa.Table:
     """One chunk of output rows (the churn_predictions schema); times are naive UTC."""
     n = len(ids)
@@ -223,7 +212,6 @@ def run_batch(
     db_path: Path = DEFAULT_DB,
     parquet_root: Path = DEFAULT_PARQUET,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    engine: str = "duckdb",
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> BatchSummary:
@@ -242,7 +230,7 @@ def run_batch(
         run_id = f"{as_of:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         as_of_naive = as_of.replace(tzinfo=None)
         scored_at = datetime.now(timezone.utc).replace(tzinfo=None)
-        summary = BatchSummary(run_id=run_id, as_of=as_of, model=f"{bundle.name}/{bundle.version}", engine=engine, warnings=warnings)
+        summary = BatchSummary(run_id=run_id, as_of=as_of, model=f"{bundle.name}/{bundle.version}", warnings=warnings)
         # outputs first: an unwritable path fails now, not after minutes of retrieval
         writer = PredictionWriter(db_path, parquet_root, RunKey(bundle.name, bundle.version, as_of_naive), run_id)
         try:
@@ -258,25 +246,26 @@ def run_batch(
                 on_total(len(ids))
             bundle.booster.set_param({"nthread": _cores()})
             parts: dict[str, float] = {}
-            frames = stream_features(store, contract, ids, as_of, chunk_rows, engine, seconds=parts, temp_dir=writer.stage_dir / "duckdb-spill")
-            # Feast's engine runs in this thread: its registry and ibis connections are not shared across threads
-            frames = prefetch(frames, clock) if engine == "duckdb" else timed(frames, clock)
-            for frame in frames:
-                with clock.stage("score"):
-                    s = score(bundle, frame)
-                    chunk_ids = frame["customer_id"].to_numpy(dtype=np.int64)
-                    table = prediction_table(chunk_ids, s, bundle, as_of_naive, scored_at, run_id)
-                    missing, empty, unseen = _count_inputs(bundle, frame)
-                    summary.with_missing_features += missing
-                    summary.without_any_features += empty
-                    summary.with_unseen_category += unseen
-                    segments, counts = np.unique(np.asarray(s.risk_segment, dtype=object).astype(str), return_counts=True)
-                    summary.by_segment.update(dict(zip(segments.tolist(), counts.tolist())))
-                    summary.customers += len(chunk_ids)
-                with clock.stage("write"):
-                    writer.write(table)
-                if progress:
-                    progress(len(chunk_ids))
+            # Feast runs only in the prefetch thread from here on: nothing else uses its connections;
+            # closing() joins that thread before the DuckDB settings are restored
+            frames = prefetch(stream_features(store, contract, ids, as_of, chunk_rows, seconds=parts), clock)
+            with duckdb_memory_limited(store, writer.stage_dir / "duckdb-spill"), contextlib.closing(frames):
+                for frame in frames:
+                    with clock.stage("score"):
+                        s = score(bundle, frame)
+                        chunk_ids = frame["customer_id"].to_numpy(dtype=np.int64)
+                        table = prediction_table(chunk_ids, s, bundle, as_of_naive, scored_at, run_id)
+                        missing, empty, unseen = _count_inputs(bundle, frame)
+                        summary.with_missing_features += missing
+                        summary.without_any_features += empty
+                        summary.with_unseen_category += unseen
+                        segments, counts = np.unique(np.asarray(s.risk_segment, dtype=object).astype(str), return_counts=True)
+                        summary.by_segment.update(dict(zip(segments.tolist(), counts.tolist())))
+                        summary.customers += len(chunk_ids)
+                    with clock.stage("write"):
+                        writer.write(table)
+                    if progress:
+                        progress(len(chunk_ids))
             with clock.stage("commit"):
                 writer.commit()
         except BaseException:

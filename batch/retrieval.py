@@ -1,27 +1,31 @@
-"""Point-in-time features for many customers at one as-of time, in bounded chunks.
+"""Point-in-time features for many customers at one as-of time, in bounded chunks, through Feast.
 
-Feast's `get_historical_features` answers the general question (every entity row at its own
-time) with a range join and materializes the whole result, on-demand features included, in
-memory. A batch run asks a narrower one: every customer at the same time T. For that question
-each feature view reduces to Feast's own rule, per customer:
+Each chunk of customer IDs becomes Feast's entity frame, (customer_id, event_timestamp = T,
+as_of = T), the very rows training builds for a label at T, and goes through
+`get_historical_features(features=<the bundle's FeatureService>, filter_by_created_timestamp=True)`
+on the DuckDB offline store. So a batch score at T uses exactly the features training would
+have used at T: Feast's point-in-time join, its TTLs, its tie-breaking, its on-demand views.
 
-    the row with the latest event time, ties broken by the latest `created`, among rows with
-    event time <= T, `created` <= T (filter_by_created_timestamp, which every skewless
-    retrieval uses) and, when the view has a TTL, event time >= T - ttl
+Two things around Feast's call, neither of which computes a feature:
 
-which is what `ibis.point_in_time_join` + `deduplicate` compute for an entity row at T. The SQL
-is generated from the registry's view definitions (source path, timestamp and created columns,
-TTL, fields, join key) and run by DuckDB one chunk of customer IDs at a time, so memory is
-bounded by the chunk, not by the customer count. The on-demand view is then computed by the
-registry's own transform (batch/on_demand.py). `tests/test_batch.py` proves the result equal,
-value for value, to Feast's `get_historical_features`, which stays available as
-`engine="feast"` (the same chunks, each through Feast).
+- the job's result is taken in two steps, as `RetrievalJob.to_arrow` takes it: the
+  point-in-time join (`_to_arrow_internal`), then the on-demand views Feast returns with the
+  job, applied by batch/on_demand.py, which hands the registry's own function the same inputs
+  Feast would, only converted to Python faster (Feast's `to_pydict` costs ~3 us per timestamp:
+  most of a run); tests/test_batch.py proves the result equal to training's `to_df()`;
+- DuckDB, which Feast drives through ibis's default connection, gets a memory limit and a
+  spill directory, so peak memory is bounded by the chunk size, not by the customer count.
+
+Which customers are active at T (the default set to score) is a selection, not a feature: it
+is read straight from the profile view's source with Feast's rule for "latest row known at T"
+(`active_customers`), and tests compare it with Feast's answer.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,18 +41,17 @@ from feast.infra.offline_stores.file_source import FileSource
 
 from batch.on_demand import apply_on_demand, constant_values
 from training.contract import Contract, resolve  # noqa: F401  (re-exported for callers)
-from training.dataset import KEYS, REQUEST_TIME, historical_features
+from training.dataset import KEYS, REQUEST_TIME
 
-ENGINES = ("duckdb", "feast")
 DEFAULT_CHUNK_ROWS = 250_000
-DUCKDB_MEMORY_LIMIT = "768MB"  # DuckDB spills beyond this; with a chunk in Python the run stays under 2 GB
+DUCKDB_MEMORY_LIMIT = "768MB"  # DuckDB spills beyond this; with a chunk being scored, the run stays under 2 GB
 PROFILE_VIEW = "customer_profile"  # whose status and signup date say who is active
 ACTIVE_SCAN_ROWS = 4_000_000  # source rows per range when listing active customers
 REQUEST_TIME_TYPE = pa.timestamp("us", tz="UTC")
 
 
 class RetrievalError(ValueError):
-    """A view the as-of engine cannot read exactly as Feast does; the message says what to use."""
+    """A source the active-customer scan cannot read as Feast does; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -68,18 +71,18 @@ def view_source(store: FeatureStore, view: FeatureView) -> ViewSource:
     """Read a view's source from the registry; refuse anything the generated SQL would not match."""
     src = view.batch_source
     if not isinstance(src, FileSource):
-        raise RetrievalError(f"feature view {view.name!r} is not over a file source ({type(src).__name__}): use --engine feast")
+        raise RetrievalError(f"feature view {view.name!r} is not over a file source ({type(src).__name__}): pass --customers FILE")
     fmt = src.file_format
     if not (isinstance(fmt, ParquetFormat) or (fmt is None and src.path.endswith(".parquet"))):
-        raise RetrievalError(f"feature view {view.name!r} reads {src.path}, which is not Parquet: use --engine feast")
+        raise RetrievalError(f"feature view {view.name!r} reads {src.path}, which is not Parquet: pass --customers FILE")
     if src.field_mapping:
-        raise RetrievalError(f"feature view {view.name!r} has a field mapping, which the as-of engine does not apply: use --engine feast")
+        raise RetrievalError(f"feature view {view.name!r} has a field mapping, which the active-customer scan does not apply: pass --customers FILE")
     keys = [c.name for c in view.entity_columns]
     if len(keys) != 1 or view.projection.join_key_map:
-        raise RetrievalError(f"feature view {view.name!r} has join keys {keys}: the as-of engine handles one plain key; use --engine feast")
+        raise RetrievalError(f"feature view {view.name!r} has join keys {keys}: the active-customer scan handles one plain key; pass --customers FILE")
     ttl = int(view.ttl.total_seconds()) if view.ttl else None  # Feast: `if ttl:`, so 0 means none
     if view.ttl and view.ttl.total_seconds() != ttl:
-        raise RetrievalError(f"feature view {view.name!r} has a TTL with a fraction of a second: use --engine feast")
+        raise RetrievalError(f"feature view {view.name!r} has a TTL with a fraction of a second: pass --customers FILE")
     path = FileSource.get_uri_for_file_path(store.repo_path, src.path)
     if Path(path).is_dir():
         path = str(Path(path) / "**" / "*.parquet")  # a directory of Parquet files, as Feast reads it
@@ -216,14 +219,6 @@ def source_time_ranges(store: FeatureStore, contract: Contract) -> dict[str, tup
     return ranges
 
 
-def data_time_range(store: FeatureStore, contract: Contract) -> tuple[datetime, datetime]:
-    """Earliest and latest event time over the contract's sources (UTC)."""
-    found = [r for r in source_time_ranges(store, contract).values() if r is not None]
-    if not found:
-        raise RetrievalError("the feature views' sources hold no rows: run `skewless generate`")
-    return min(lo for lo, _ in found), max(hi for _, hi in found)
-
-
 def chunk_ids(customer_ids, chunk_rows: int) -> Iterator[np.ndarray]:
     """Sorted, de-duplicated int64 IDs in pieces of at most `chunk_rows`."""
     if chunk_rows <= 0:
@@ -233,20 +228,24 @@ def chunk_ids(customer_ids, chunk_rows: int) -> Iterator[np.ndarray]:
         yield ids[start : start + chunk_rows]
 
 
-def features_sql(sources: list[ViewSource], key: str) -> str:
-    """Features of every view for the IDs in the registered table `chunk_ids`, $lo <= id <= $hi.
+@contextmanager
+def duckdb_memory_limited(store: FeatureStore, temp_dir: Path) -> Iterator[None]:
+    """Bound the memory of the DuckDB that Feast's DuckDB offline store runs in (ibis's default
+    connection, shared by this process) inside the block: beyond DUCKDB_MEMORY_LIMIT it spills
+    to `temp_dir`. The connection's settings are restored afterwards."""
+    if store.config.offline_store.type != "duckdb":
+        yield
+        return
+    import ibis
 
-    The ID range lets DuckDB skip Parquet row groups by their statistics; the semi-join keeps
-    the window small when a chunk's IDs are sparse (an IDs file spread over all customers).
-    """
-    k = _ident(key)
-    id_filter = f"{k} BETWEEN $lo AND $hi AND {k} IN (SELECT {k} FROM chunk_ids)"
-    selects, joins = [], []
-    for i, src in enumerate(sources):
-        alias = f"v{i}"
-        joins.append(f"LEFT JOIN ({latest_rows_sql(src, list(src.features), id_filter)}) {alias} ON {alias}.{_ident(src.key)} = e.{k}")
-        selects += [f"{alias}.{_ident(f)}" for f in src.features]
-    return f"SELECT e.{k}, {', '.join(selects)} FROM chunk_ids e {' '.join(joins)} ORDER BY e.{k}"
+    con = ibis.get_backend()
+    con.raw_sql(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+    con.raw_sql(f"SET temp_directory = {_literal(str(temp_dir))}")
+    try:
+        yield
+    finally:
+        con.raw_sql("RESET memory_limit")
+        con.raw_sql("RESET temp_directory")
 
 
 def stream_feature_tables(
@@ -256,38 +255,34 @@ def stream_feature_tables(
     as_of: datetime,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     seconds: dict[str, float] | None = None,
-    temp_dir: Path | None = None,
 ) -> Iterator[pa.Table]:
-    """Arrow tables of (key + every source feature + the on-demand features) at `as_of`.
+    """Arrow tables of (customer_id + the service's features, in contract order) at `as_of`.
 
-    Rows come in key order; a customer with no row in a view gets nulls for it, never dropped.
-    `seconds` (when given) accumulates time spent in "query" (DuckDB) and "on_demand".
+    One `get_historical_features` call per chunk (see the module docstring); rows come in
+    customer_id order, and a customer with no row in a view gets nulls for it, never dropped.
+    `seconds` (when given) accumulates time spent in "query" (Feast's point-in-time join) and
+    "on_demand" (the on-demand views).
     """
     seconds = seconds if seconds is not None else {}
-    sources = [view_source(store, v) for v in contract.views]
-    keys = {s.key for s in sources}
-    if len(keys) != 1:
-        raise RetrievalError(f"the views of {contract.service!r} join on different keys {sorted(keys)}: use --engine feast")
-    key = keys.pop()
+    service = store.get_feature_service(contract.service)
+    key, timestamp = KEYS
     as_of = _utc(as_of)
-    sql = features_sql(sources, key)
-    con = connect(temp_dir)
-    try:
-        for ids in chunk_ids(customer_ids, chunk_rows):
-            t = time.perf_counter()
-            con.register("chunk_ids", pa.table({key: pa.array(ids, pa.int64())}))
-            table = con.sql(sql, params={"as_of": as_of, "lo": int(ids[0]), "hi": int(ids[-1])}).to_arrow_table()
-            con.unregister("chunk_ids")
-            t2 = time.perf_counter()
-            seconds["query"] = seconds.get("query", 0.0) + t2 - t
-            n = table.num_rows
-            # the entity frame Feast would get: the key, event_timestamp = as_of, and the request time
-            constants = {KEYS[1]: constant_values(as_of, n, REQUEST_TIME_TYPE), REQUEST_TIME: constant_values(as_of, n, REQUEST_TIME_TYPE)}
-            table = apply_on_demand(contract.odfvs, table, constants)
-            seconds["on_demand"] = seconds.get("on_demand", 0.0) + time.perf_counter() - t2
-            yield table.select([key] + contract.features)
-    finally:
-        con.close()
+    when = pd.Timestamp(as_of)
+    for ids in chunk_ids(customer_ids, chunk_rows):
+        t = time.perf_counter()
+        entity = pd.DataFrame({key: ids, timestamp: when, REQUEST_TIME: when})
+        job = store.get_historical_features(entity_df=entity, features=service, filter_by_created_timestamp=True)
+        table = job._to_arrow_internal().sort_by(key)  # DuckDB returns rows in an order of its own
+        t2 = time.perf_counter()
+        seconds["query"] = seconds.get("query", 0.0) + t2 - t
+        # the entity frame's two times are one constant: handed to the on-demand views as the
+        # Python values pyarrow would give for them, without converting a column per row
+        n = table.num_rows
+        table = table.drop_columns([timestamp, REQUEST_TIME])
+        constants = {name: constant_values(as_of, n, REQUEST_TIME_TYPE) for name in (timestamp, REQUEST_TIME)}
+        table = apply_on_demand(job.on_demand_feature_views, table, constants)
+        seconds["on_demand"] = seconds.get("on_demand", 0.0) + time.perf_counter() - t2
+        yield table.select([key] + contract.features)
 
 
 def stream_features(
@@ -296,28 +291,8 @@ def stream_features(
     customer_ids,
     as_of: datetime,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    engine: str = "duckdb",
     seconds: dict[str, float] | None = None,
-    temp_dir: Path | None = None,
 ) -> Iterator[pd.DataFrame]:
-    """DataFrames of (customer_id + the service's features, in contract order) at `as_of`.
-
-    engine="duckdb": the as-of retrieval above. engine="feast": Feast's own
-    `get_historical_features` (filter_by_created_timestamp) for the same chunks, entity rows
-    at `as_of` with `as_of` as the request time, exactly as training builds its rows.
-    Both yield rows in customer_id order, chunk by chunk.
-    """
-    if engine == "duckdb":
-        for table in stream_feature_tables(store, contract, customer_ids, as_of, chunk_rows, seconds, temp_dir):
-            yield table.to_pandas()
-        return
-    if engine != "feast":
-        raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
-    seconds = seconds if seconds is not None else {}
-    when = pd.Timestamp(_utc(as_of))
-    for ids in chunk_ids(customer_ids, chunk_rows):
-        t = time.perf_counter()
-        keys = pd.DataFrame({KEYS[0]: ids, KEYS[1]: when})
-        out = historical_features(store, contract.service, keys)
-        seconds["query"] = seconds.get("query", 0.0) + time.perf_counter() - t
-        yield out[[KEYS[0]] + contract.features].reset_index(drop=True)
+    """stream_feature_tables as DataFrames (what the scoring function and tests take)."""
+    for table in stream_feature_tables(store, contract, customer_ids, as_of, chunk_rows, seconds):
+        yield table.to_pandas()

@@ -1,9 +1,11 @@
-"""Batch scoring: outputs, point-in-time parity with training (both engines, exactly), atomic
-re-runs and crashes, freshness, bad input.
+"""Batch scoring: outputs, point-in-time parity with training (exactly), atomic re-runs and
+crashes, freshness, bad input.
 
-The parity tests are the guarantee behind `--engine duckdb`: the as-of retrieval generated from
-the registry must give, row for row and value for value, what Feast's `get_historical_features`
-gives at the same time, including every case where the two could drift apart.
+The parity tests are the guarantee behind batch/retrieval.py: chunked `get_historical_features`
+with the on-demand views applied through batch/on_demand.py must give, row for row and value for
+value, what training's `get_historical_features(...).to_df()` gives at the same time, including
+every case where the two could drift apart; and the active-customer scan must list exactly the
+customers Feast's own retrieval says are active.
 """
 
 from __future__ import annotations
@@ -121,18 +123,15 @@ def test_output_schema_and_partition_layout(small_repo, small_bundle, out):
 
 
 def test_batch_score_is_the_training_path_score(small_repo, small_store, small_bundle, out):
-    """At T, both engines give exactly Feast's point-in-time features, and the written score is
-    the shared scoring function's score of the training path's features."""
+    """At T, batch retrieval gives exactly training's point-in-time features, and the written
+    score is the shared scoring function's score of the training path's features."""
     bundle = small_bundle[0].bundle
     contract = resolve(small_store, bundle.feature_service)
     ids = active_customers(small_store, AS_OF)
     assert 300 < len(ids) < 1000 and ids.is_monotonic_increasing
     keys = pd.DataFrame({"customer_id": ids.to_numpy(), "event_timestamp": AS_OF})
     training = historical_features(small_store, bundle.feature_service, keys)[["customer_id"] + contract.features]
-    fast = pd.concat(stream_features(small_store, contract, ids, AS_OF, chunk_rows=128))
-    feast = pd.concat(stream_features(small_store, contract, ids, AS_OF, chunk_rows=400, engine="feast"))
-    assert_same_features(fast, training)
-    assert_same_features(feast, training)
+    assert_same_features(pd.concat(stream_features(small_store, contract, ids, AS_OF, chunk_rows=128)), training)
     pd.testing.assert_frame_equal(pd.concat(stream_features(small_store, contract, ids, AS_OF)).reset_index(drop=True), training, check_exact=True)
     assert training["logins_7d"].isna().any() and training["region"].isna().any() and training["seats"].isna().any()
 
@@ -216,26 +215,32 @@ def edge_repo(tmp_path_factory, redis_endpoint):
 
 # Feast's frames of a chunk where a column is all null have object dtype; concat warns about it
 @pytest.mark.filterwarnings("ignore:The behavior of DataFrame concatenation with empty or all-NA:FutureWarning")
-def test_engines_agree_exactly_on_every_edge_case(edge_repo, small_bundle, tmp_path, monkeypatch):
+def test_batch_retrieval_equals_training_on_every_edge_case(edge_repo, small_bundle, tmp_path, monkeypatch):
     store = open_store(edge_repo)
     bundle = load_bundle(small_bundle[0].bundle.version, small_bundle[1], store=store)
     contract = resolve(store, bundle.feature_service)
     ids = pd.Series(sorted(EDGE_CASES))
 
     assert active_customers(store, T).tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 15]
+    # ... which is what Feast's own point-in-time retrieval of the profile says
+    status = store.get_historical_features(
+        entity_df=pd.DataFrame({"customer_id": ids, "event_timestamp": T}),
+        features=["customer_profile:status", "customer_profile:signup_date"], filter_by_created_timestamp=True,
+    ).to_df()
+    feast_active = status[(status["status"] == "active") & (status["signup_date"] < T)]["customer_id"]
+    assert sorted(feast_active.tolist()) == active_customers(store, T).tolist()
 
     keys = pd.DataFrame({"customer_id": ids, "event_timestamp": T})
     training = historical_features(store, bundle.feature_service, keys)[["customer_id"] + contract.features]
     for chunk in (3, 100):  # chunks of 3 include one where every derived feature is null
         assert_same_features(pd.concat(stream_features(store, contract, ids, T, chunk_rows=chunk)), training)
-        assert_same_features(pd.concat(stream_features(store, contract, ids, T, chunk_rows=chunk, engine="feast")), training)
 
     # the fast input conversion for the on-demand view gives what Feast's own transform_arrow gives
     with monkeypatch.context() as m:
         m.setattr(on_demand, "_fast_path", lambda odfv: False)
         assert_same_features(pd.concat(stream_features(store, contract, ids, T, chunk_rows=100)), training)
 
-    # the cases really are what they say (so agreement is not two engines wrong the same way)
+    # the cases really are what they say (so agreement is not both paths wrong the same way)
     f = training.set_index("customer_id")
     assert f.loc[1, "logins_7d"] == 5 and f.loc[3, "logins_7d"] == 3 and f.loc[4, "logins_7d"] == 4
     assert f.loc[5, "logins_7d"] == 55 and f.loc[6, "logins_7d"] == 6 and f.loc[15, "logins_7d"] == 15
@@ -247,13 +252,10 @@ def test_engines_agree_exactly_on_every_edge_case(edge_repo, small_bundle, tmp_p
     assert f.loc[12, "plan"] == "business" and f.loc[13, "plan"] == "basic"
     assert f.loc[1, "tenure_days"] == 400.0  # whole seconds: the signup's microseconds do not count
 
-    # scores: each engine's run writes exactly the shared function's score of Feast's features
-    probabilities = {}
-    for engine in ("duckdb", "feast"):
-        job.run_batch(store, bundle, T, ids, tmp_path / engine / "p.duckdb", tmp_path / engine / "p", chunk_rows=4, engine=engine)
-        probabilities[engine] = db_rows(tmp_path / engine / "p.duckdb")["churn_probability"].to_numpy()
-    expected = score(bundle, training).probability
-    assert np.array_equal(probabilities["duckdb"], expected) and np.array_equal(probabilities["feast"], expected)
+    # scores: the run writes exactly the shared function's score of training's features
+    job.run_batch(store, bundle, T, ids, tmp_path / "p.duckdb", tmp_path / "p", chunk_rows=4)
+    probabilities = db_rows(tmp_path / "p.duckdb")["churn_probability"].to_numpy()
+    assert np.array_equal(probabilities, score(bundle, training).probability)
 
 
 # --- atomic runs -------------------------------------------------------------------------
