@@ -9,12 +9,11 @@
    (activity from 120 days back, as a long-running Redis holds rows that have since expired).
 3. Starts the service with the real command (`skewless serve --workers N`) and stock
    `feast serve -w N` on the same repo and Redis.
-4. Drives each with an open-loop load generator in its own process: a scheduler thread sleeps
-   until request i is due (t0 + i/rate, whatever happened before) and queues it; 64 threads,
-   each with a keep-alive connection, send queued requests and read the answers. Latency is
-   measured from the due time, so time spent waiting for a free connection or for the server
-   shows. Threads and `time.sleep` rather than asyncio: an event loop's timers wake up to 1 ms
-   late, which would add ~0.5 ms to every measured latency.
+4. Drives each with an open-loop load generator in its own process (`OpenLoop`): request i is
+   sent at t0 + i/rate whatever happened before, on an idle keep-alive connection (a new one
+   when none is idle, up to 64), and its latency is measured from that due time, so queueing
+   shows. A sender thread sleeps to each due time and a receiver thread waits in epoll for
+   answers; threads and `time.sleep` rather than asyncio, whose timers wake up to 1 ms late.
 5. Prints p50/p95/p99, errors, achieved rate and the server's CPU per request per scenario, the
    service's own split of the time (from its /metrics), and writes bench/results/online.json.
 
@@ -28,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import random
 import re
 import shutil
@@ -51,91 +49,175 @@ HISTORY = timedelta(days=120)  # how far back Redis is filled, past the activity
 
 
 # ---------------------------------------------------------------- load generator (child process)
-def _read_response(sock: socket.socket, buf: bytearray) -> int:
-    """Read one HTTP/1.1 response (Content-Length framed) from `sock`; return its status."""
-    while True:
-        end = buf.find(b"\r\n\r\n")
-        if end >= 0:
-            head = bytes(buf[:end])
-            status = int(head[9:12])
-            m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
-            total = end + 4 + (int(m.group(1)) if m else 0)
-            while len(buf) < total:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError("server closed the connection")
-                buf += chunk
-            del buf[:total]
-            return status
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        buf += chunk
+class OpenLoop:
+    """An open-loop HTTP/1.1 load generator: request i is due at t0 + i/rate, whatever came before.
 
+    Two threads, so that neither waiting for the next due time nor waiting for answers delays
+    the other: the sender sleeps until a request is due (nanosleep with the timer slack set to
+    1 ns, so it wakes within ~10 us) and sends it on an idle keep-alive connection, opening one
+    when none is idle (up to `max_connections`; past that the request waits for the first
+    connection to free up, and that wait counts); the receiver blocks in epoll on every
+    connection and stamps each answer the moment it arrives. Latency is answer time minus due
+    time, so queueing anywhere (in the server, in the kernel, in this generator) shows. The
+    sender's own lateness is reported separately (`send_lag`), so a generator that cannot keep
+    up shows as such instead of as server latency.
+    """
 
-def _connection(port: int, work: queue.SimpleQueue, results: list) -> None:
-    sock = None
-    buf = bytearray()
-    while True:
-        item = work.get()
-        if item is None:
-            break
-        due, payload = item
+    def __init__(self, port: int, payloads: list[bytes], max_connections: int):
+        import collections
+        import select
+
+        self.port, self.payloads, self.max_connections = port, payloads, max_connections
+        self.epoll = select.epoll()
+        self.lock = threading.Lock()
+        self.idle: collections.deque = collections.deque()  # sockets with nothing in flight
+        self.waiting: collections.deque = collections.deque()  # (due, payload) with no connection free
+        self.inflight: dict[int, tuple[socket.socket, float, bytearray]] = {}  # fd -> (sock, due, buffer)
+        self.opened = 0
+        self.latencies: list[float] = []
+        self.lags: list[float] = []
+        self.errors: list[str] = []
+        self.done = 0  # requests answered or failed
+        self.stop = False
+
+    def _send(self, sock: socket.socket, due: float, payload: bytes) -> None:
+        self.inflight[sock.fileno()] = (sock, due, bytearray())
         try:
-            if sock is None:
-                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                buf.clear()
             sock.sendall(payload)
-            status = _read_response(sock, buf)
-            results.append((time.perf_counter() - due, status))
         except OSError as exc:
-            results.append((time.perf_counter() - due, type(exc).__name__))
-            if sock is not None:
-                sock.close()
-            sock = None
-    if sock is not None:
+            self._fail(sock, type(exc).__name__)
+
+    def _fail(self, sock: socket.socket, why: str) -> None:
+        """A request lost with its connection: counted as an error, the connection closed."""
+        self.inflight.pop(sock.fileno(), None)
+        self.errors.append(why)
+        self.done += 1
+        try:
+            self.epoll.unregister(sock.fileno())
+        except (OSError, ValueError):
+            pass
         sock.close()
+        self.opened -= 1
+
+    def submit(self, due: float, payload: bytes) -> None:
+        with self.lock:
+            self.lags.append(time.perf_counter() - due)
+            if self.idle:
+                return self._send(self.idle.pop(), due, payload)
+            if self.opened >= self.max_connections:
+                return self.waiting.append((due, payload))
+            self.opened += 1
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        except OSError as exc:
+            with self.lock:
+                self.opened -= 1
+                self.errors.append(type(exc).__name__)
+                self.done += 1
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.lock:
+            self._send(sock, due, payload)
+            self.epoll.register(sock.fileno(), 1)  # EPOLLIN
+
+    def receive(self) -> None:
+        while not self.stop:
+            events = self.epoll.poll(0.05)
+            now = time.perf_counter()
+            for fd, _ in events:
+                with self.lock:
+                    entry = self.inflight.get(fd)
+                    if entry is None:  # an idle connection the server closed (keep-alive timeout)
+                        sock = next((s for s in self.idle if s.fileno() == fd), None)
+                        if sock is not None:
+                            self.idle.remove(sock)
+                            self.epoll.unregister(fd)
+                            sock.close()
+                            self.opened -= 1
+                        continue
+                    sock, due, buf = entry
+                    try:
+                        chunk = sock.recv(65536)
+                    except OSError as exc:
+                        self._fail(sock, type(exc).__name__)
+                        continue
+                    if not chunk:
+                        self._fail(sock, "server closed the connection")
+                        continue
+                    buf += chunk
+                    status = _complete_response(buf)
+                    if status is None:
+                        continue  # more to come
+                    del self.inflight[fd]
+                    self.done += 1
+                    self.latencies.append(now - due)
+                    if status >= 400:
+                        self.errors.append(f"HTTP {status}")
+                    if self.waiting:
+                        self._send(sock, *self.waiting.popleft())
+                    else:
+                        self.idle.append(sock)
+
+
+def _complete_response(buf: bytearray) -> int | None:
+    """The status of the HTTP/1.1 response in `buf` once it is complete (Content-Length framed)."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", buf[:end])
+    if len(buf) < end + 4 + (int(m.group(1)) if m else 0):
+        return None
+    return int(buf[9:12])
+
+
+def _tight_timer_slack() -> None:
+    """Let nanosleep wake on time: Linux's default timer slack (50 us) would make every send late."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(29, 1, 0, 0, 0)  # PR_SET_TIMERSLACK, 1 ns
+    except (OSError, AttributeError):
+        pass
 
 
 def load_main(spec: dict) -> dict:
     """Send spec['rate'] requests/s for spec['seconds'] to spec['port']; latency from due times."""
     import resource
 
+    _tight_timer_slack()
     payloads = [p.encode("latin-1") for p in spec["payloads"]]
     rate, n = spec["rate"], int(spec["rate"] * spec["seconds"])
-    work: queue.SimpleQueue = queue.SimpleQueue()
-    results: list = []
-    threads = [threading.Thread(target=_connection, args=(spec["port"], work, results), daemon=True) for _ in range(CONNECTIONS)]
-    for t in threads:
-        t.start()
+    gen = OpenLoop(spec["port"], payloads, spec.get("connections", CONNECTIONS))
+    receiver = threading.Thread(target=gen.receive, daemon=True)
+    receiver.start()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    t0 = time.perf_counter() + 0.1
+    t0 = time.perf_counter() + 0.05
     for i in range(n):
         due = t0 + i / rate
         delay = due - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        work.put((due, payloads[i % len(payloads)]))
-    for _ in threads:
-        work.put(None)
+        gen.submit(due, payloads[i % len(payloads)])
     deadline = time.perf_counter() + DRAIN_S
-    for t in threads:
-        t.join(timeout=max(0.0, deadline - time.perf_counter()))
+    while gen.done < n and time.perf_counter() < deadline:
+        time.sleep(0.01)
     elapsed = time.perf_counter() - t0
+    gen.stop = True
+    receiver.join()
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    done = list(results)
-    ok = sorted(lat for lat, status in done if isinstance(status, int) and status < 400)
-    errors = [status for _, status in done if not (isinstance(status, int) and status < 400)]
-    lats = sorted(lat for lat, _ in done)
+    lats, lags = sorted(gen.latencies), sorted(gen.lags)
+    answered = len(lats)
+    http_errors = sum(1 for e in gen.errors if e.startswith("HTTP"))
 
-    def pct(p: float) -> float:
-        return lats[min(len(lats) - 1, int(p / 100 * len(lats)))] * 1000 if lats else float("nan")
+    def pct(values: list[float], p: float) -> float:
+        return values[min(len(values) - 1, int(p / 100 * len(values)))] * 1000 if values else float("nan")
 
+    unanswered = n - gen.done
     return {
-        "sent": n, "answered": len(done), "ok": len(ok), "errors": len(errors) + (n - len(done)),
-        "error_kinds": sorted({str(e) for e in errors}) + (["no answer within the drain time"] if len(done) < n else []),
-        "achieved_rps": len(ok) / elapsed, "p50": pct(50), "p95": pct(95), "p99": pct(99), "max": pct(100),
+        "sent": n, "answered": answered, "ok": answered - http_errors, "errors": len(gen.errors) + unanswered,
+        "error_kinds": sorted(set(gen.errors)) + (["no answer within the drain time"] if unanswered else []),
+        "achieved_rps": (answered - http_errors) / elapsed, "p50": pct(lats, 50), "p95": pct(lats, 95), "p99": pct(lats, 99),
+        "max": pct(lats, 100), "send_lag_p99": pct(lags, 99), "connections": gen.opened,
         "loadgen_cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
     }
 

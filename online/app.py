@@ -27,6 +27,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from online.breaker import StoreUnavailable
@@ -101,6 +102,20 @@ class RequestMetrics:
             histogram.observe(time.perf_counter() - t)
 
 
+class PydanticJSON(Response):
+    """A response model serialized by Pydantic itself (nulls left out).
+
+    The routes declare `response_model` for the OpenAPI schema, but return this: FastAPI would
+    otherwise validate every outgoing object again (the service builds them from values it
+    already checked), which costs more than the rest of the route for a batch of 100.
+    """
+
+    media_type = "application/json"
+
+    def __init__(self, model: BaseModel, status_code: int = 200):
+        super().__init__(model.model_dump_json(exclude_none=True), status_code=status_code)
+
+
 def _json_safe(value):
     """The value with non-finite floats as strings: Python's JSON parser accepts `NaN` and
     `Infinity` in a body, and an error echoing them back must still be valid JSON."""
@@ -151,19 +166,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/predict", response_model=Prediction, response_model_exclude_none=True, tags=["predict"],
         responses={404: {"model": ErrorResponse, "description": "No features for this customer in the online store."}, **ERROR_RESPONSES},
     )
-    async def predict(body: PredictRequest, service: ServiceDep, include_features: IncludeFeatures = False) -> Prediction:
+    async def predict(body: PredictRequest, service: ServiceDep, include_features: IncludeFeatures = False) -> Response:
         """Churn prediction for one customer, with features as of now."""
         prediction = service.predict([body.customer_id], include_features)[0]
         if prediction.status == "not_found":
             ERRORS.labels(kind="not_found").inc()
             raise HTTPException(404, f"customer {body.customer_id} has no features in the online store "
                                      "(never materialized, or every row is past its view's TTL)")
-        return prediction
+        return PydanticJSON(prediction)
 
     @app.post("/predict/batch", response_model=BatchResponse, response_model_exclude_none=True, tags=["predict"], responses=ERROR_RESPONSES)
-    async def predict_batch(body: BatchRequest, service: ServiceDep, include_features: IncludeFeatures = False) -> BatchResponse:
+    async def predict_batch(body: BatchRequest, service: ServiceDep, include_features: IncludeFeatures = False) -> Response:
         """Predictions for up to 1,000 customers in request order; an ID without features gets status not_found."""
-        return BatchResponse.model_construct(predictions=service.predict(body.customer_ids, include_features))
+        return PydanticJSON(BatchResponse.model_construct(predictions=service.predict(body.customer_ids, include_features)))
 
     @app.get("/health", response_model=Health, tags=["operations"])
     async def health() -> Health:

@@ -1,26 +1,29 @@
-"""Online features for a set of customers at the request time, read from Redis through Feast.
+"""Online features for a set of customers at the request time, read from Redis.
 
-Two steps, both Feast's own code:
+Two steps:
 
-1. Read the feature views behind the FeatureService from the online store, whose reads apply
-   each view's TTL relative to the request time (online/ttl_store.py): a row that offline
-   retrieval would null comes back as not found. Values are turned into Python with Feast's
-   `feast_value_type_to_python_type`, as `OnlineResponse.to_dict` does.
+1. Read the feature views behind the FeatureService from Feast's Redis online store, one HMGET
+   per customer (Feast keeps all of a customer's views in one hash), and apply each view's TTL
+   relative to the request time: a row that offline retrieval would null comes back as not
+   found. `RedisReader` reads Feast's layout as online/redis_layout.py describes it (keys and
+   fields derived from Feast's own functions) and decodes values as Feast's
+   `OnlineResponse.to_dict` does.
 2. Run the registry's on-demand feature views on those values with `as_of` = request time:
    `OnDemandFeatureView.transform_dict`, the very call Feast makes for a python-mode view inside
    `get_online_features`, on the same inputs (the view's declared sources, the join key, the
    request data).
 
 Asking Feast for the FeatureService in one `get_online_features` call (request time passed as
-`as_of` in the entity rows) computes the same thing, and `via_feature_service` does exactly
-that; tests/test_online.py checks the two agree value for value. It is not the per-request
-path because most of its time goes into machinery around the reads: resolving the feature
-references in the registry on every call, building a protobuf response, converting it back to
-Python, and, around the on-demand transform, converting every value to protobuf and back once
-more. Measured here (in process, hot): ~0.8 ms for one customer and ~170 us per customer in a
-batch of 100, against ~0.25 ms and ~45 us with the two steps above. It stays the path for on-demand views this
-shortcut does not cover (pandas mode, aggregations, values written to the online store):
-those are served correctly, only slower.
+`as_of` in the entity rows, TTLs applied by online/ttl_store.py) computes the same thing, and
+`via_feature_service` does exactly that; tests/test_online.py checks the two agree value for
+value. It is not the per-request path because most of its time goes into machinery around the
+reads: resolving the feature references in the registry on every call, building entity-key
+protobufs, one ValueProto object and dict per value, a protobuf response and its conversion
+back to Python, and, around the on-demand transform, every value to protobuf and back once more.
+Measured here (in process, hot): ~0.7 ms for one customer and ~170 us per customer in a batch of
+100 through Feast; ~0.15 ms and ~25 us with the two steps above. It stays the path for what this
+shortcut does not cover (pandas-mode or aggregating on-demand views, values written to the
+online store, other key types): those are served correctly, only slower.
 """
 
 from __future__ import annotations
@@ -34,14 +37,12 @@ from typing import Any
 import redis
 from feast import FeatureStore
 from feast.on_demand_feature_view import OnDemandFeatureView
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-from feast.type_map import feast_value_type_to_python_type
 from feast.value_type import ValueType
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from online.ttl_store import TTLReadMixin, ensure_ttl, read_time
+from online.redis_layout import event_seconds, feature_field, int_key_layout, python_value, ts_field, view_name
+from online.ttl_store import ensure_ttl, read_time, ttl_seconds
 from training.contract import resolve
 from training.dataset import REQUEST_TIME
 from training.store import open_store
@@ -97,6 +98,69 @@ class Lookup:
     transform_s: float  # on-demand transform
 
 
+@dataclass(frozen=True)
+class _ViewRead:
+    name: str  # the view's name in the registry (view_ts key)
+    features: list[str]
+    ttl_s: float  # 0: never expires
+    start: int  # where its fields begin in the HMGET reply; its `_ts` field follows them
+
+
+class RedisReader:
+    """Several views of int64-keyed customers straight from Feast's Redis hashes, TTLs applied.
+
+    The reads Feast's `get_online_features` makes (the same keys, fields and decoding) without
+    what it builds around them per call. One HMGET per customer fetches every view at once.
+    """
+
+    def __init__(self, client: redis.Redis, key_layout, views: list[_ViewRead], fields: list[bytes]):
+        self.client, self.key_layout, self.views, self.fields = client, key_layout, views, fields
+
+    @classmethod
+    def for_store(cls, store: FeatureStore, reads, entity_key: str) -> "RedisReader | None":
+        """A reader for `reads` ([(view, features)]), or None when the key layout is not Feast's int64 one."""
+        layout = int_key_layout(store.config, entity_key)
+        if layout is None:
+            return None
+        views, fields = [], []
+        for view, feats in reads:
+            name = view_name(view, store.config)
+            views.append(_ViewRead(view.name, list(feats), ttl_seconds(view), len(fields)))
+            fields += [feature_field(name, f) for f in feats] + [ts_field(name)]
+        return cls(redis_client(store), layout, views, fields)
+
+    def read(self, customer_ids: list[int], now_s: float, into: dict[str, list[Any]]) -> dict[str, list[float]]:
+        """Put each view's features (one value per customer, None where missing) into `into`;
+        return per view the event time (Unix s) of the row used, 0.0 where none.
+
+        A row is dropped, as offline retrieval drops it, when event time + TTL < `now_s`.
+        """
+        keys = [self.key_layout.key(c) for c in customer_ids]
+        if len(keys) == 1:
+            replies = [self.client.hmget(keys[0], self.fields)]
+        else:
+            with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hmget(key, self.fields)
+                replies = pipe.execute()
+        n = len(keys)
+        view_ts = {}
+        for v in self.views:
+            ts_at, nf = v.start + len(v.features), len(v.features)
+            ts = [0.0] * n
+            cols = [[None] * n for _ in range(nf)]
+            for i, reply in enumerate(replies):
+                event = event_seconds(reply[ts_at])
+                if not event or (v.ttl_s and event + v.ttl_s < now_s):
+                    continue
+                ts[i] = event
+                for j in range(nf):
+                    cols[j][i] = python_value(reply[v.start + j])
+            view_ts[v.name] = ts
+            into.update(zip(v.features, cols))
+        return view_ts
+
+
 class FeatureLookup:
     """A FeatureService resolved once at start-up; `lookup` runs per request."""
 
@@ -111,35 +175,18 @@ class FeatureLookup:
         self.refs = [f"{view}:{f}" for view, feats in self.view_features.items() for f in feats]
         views = {v.name: v for v in contract.views}
         self.reads = [(views[name], feats) for name, feats in self.view_features.items()]
-        self.online_store = store._get_provider().online_store
-        if not isinstance(self.online_store, TTLReadMixin):
-            raise TypeError("the online store does not apply view TTLs: open the store with connect_store()")
         check_servable(self.reads, self.odfvs, entity_key)
-        self.fast = _shortcut_is_exact(self.reads, self.odfvs)
+        self.reader = RedisReader.for_store(store, self.reads, entity_key) if _shortcut_is_exact(self.reads, self.odfvs) else None
 
     def lookup(self, customer_ids: list[int], now: datetime) -> Lookup:
         """Features at request time `now` (timezone-aware): TTLs and `as_of` both relative to it."""
-        return self._fast(customer_ids, now) if self.fast else self.via_feature_service(customer_ids, now)
+        return self._fast(customer_ids, now) if self.reader is not None else self.via_feature_service(customer_ids, now)
 
     def _fast(self, customer_ids: list[int], now: datetime) -> Lookup:
         t0 = time.perf_counter()
         n = len(customer_ids)
-        keys = [EntityKeyProto(join_keys=[self.entity_key], entity_values=[ValueProto(int64_val=c)]) for c in customer_ids]
-        with read_time(now):
-            per_view = self.online_store.online_read_many(self.store.config, self.reads, keys)
         values: dict[str, list[Any]] = {self.entity_key: customer_ids, REQUEST_TIME: [now] * n}
-        view_ts: dict[str, list[float]] = {}
-        for (view, feats), rows in zip(self.reads, per_view):
-            ts = [0.0] * n
-            cols = [[None] * n for _ in feats]
-            for i, (event_ts, row) in enumerate(rows):
-                if row is None:
-                    continue
-                ts[i] = event_ts.timestamp()
-                for col, f in zip(cols, feats):
-                    col[i] = python_value(row[f])
-            view_ts[view.name] = ts
-            values.update(zip(feats, cols))
+        view_ts = self.reader.read(customer_ids, now.timestamp(), values)
         t1 = time.perf_counter()
         for odfv in self.odfvs:
             values.update(odfv.transform_dict(self._odfv_inputs(odfv, values)))
@@ -169,22 +216,6 @@ class FeatureLookup:
             if proj.name in self.view_features and proj.features:
                 view_ts[proj.name] = raw[proj.features[0].name + TS_SUFFIX]
         return Lookup({name: raw[name] for name in self.names}, _found(view_ts, n), view_ts, t1 - t0, 0.0)
-
-
-# Oneofs that feast_value_type_to_python_type returns unchanged (none of its branches touch
-# them without a UUID type hint, which the service's views do not have). Everything else
-# (timestamps, lists, maps, ...) goes through Feast's function.
-_AS_IS = frozenset({"string_val", "int64_val", "int32_val", "double_val", "float_val", "bool_val", "bytes_val"})
-
-
-def python_value(value: ValueProto) -> Any:
-    """Feast's Python value of a stored ValueProto, what OnlineResponse.to_dict returns (fast path for scalars)."""
-    kind = value.WhichOneof("val")
-    if kind is None:
-        return None
-    if kind in _AS_IS:
-        return getattr(value, kind)
-    return feast_value_type_to_python_type(value)
 
 
 def _found(view_ts: dict[str, list[float]], n: int) -> list[bool]:

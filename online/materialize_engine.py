@@ -61,7 +61,6 @@ import contextlib
 import os
 import queue
 import shutil
-import struct
 import sys
 import tempfile
 import threading
@@ -81,14 +80,13 @@ from feast.infra.common.materialization_job import MaterializationJobStatus, Mat
 from feast.infra.compute_engines.local.compute import LocalComputeEngine
 from feast.infra.compute_engines.local.job import LocalMaterializationJob
 from feast.infra.offline_stores.file_source import FileSource
-from feast.infra.online_stores.helpers import _mmh3, _redis_key
-from feast.infra.online_stores.redis import RedisOnlineStoreConfig, RedisType, _versioned_fv_name
+from feast.infra.online_stores.redis import RedisOnlineStoreConfig, RedisType
 from feast.infra.registry.base_registry import BaseRegistry
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from feast.value_type import ValueType
 from pydantic import StrictInt, StrictStr
+
+from online.redis_layout import feature_field, int_key_layout, ts_field, view_name
 
 ENGINE_TYPE = "online.materialize_engine.SkewlessRedisEngine"
 NULL_TIMESTAMP = np.iinfo(np.int64).min  # what Feast writes for a null UnixTimestamp (NaT as int)
@@ -214,10 +212,10 @@ def plan_view(config: RepoConfig, view, disable_event_timestamp: bool = False) -
     if unsupported:
         return f"feature types of {', '.join(unsupported)} are not supported"
     join_key = view.entity_columns[0].name
-    prefix_suffix = _int_key_layout(config, join_key)
-    if prefix_suffix is None:
+    layout = int_key_layout(config, join_key)
+    if layout is None:
         return "Feast's entity key layout is not prefix + int64 + project"
-    name = _versioned_fv_name(view, config)
+    name = view_name(view, config)
     path = FileSource.get_uri_for_file_path(config.repo_path, source.path)
     return ViewPlan(
         name=name,
@@ -227,36 +225,12 @@ def plan_view(config: RepoConfig, view, disable_event_timestamp: bool = False) -
         timestamp=source.timestamp_field,
         created=source.created_timestamp_column or None,
         ttl=view.ttl if view.ttl and view.ttl.total_seconds() > 0 else None,
-        key_prefix=prefix_suffix[0],
-        key_suffix=prefix_suffix[1],
-        ts_field=f"_ts:{name}".encode(),
-        fields=tuple(_mmh3(f"{name}:{f}") for f, _ in features),
+        key_prefix=layout.prefix,
+        key_suffix=layout.suffix,
+        ts_field=ts_field(name),
+        fields=tuple(feature_field(name, f) for f, _ in features),
         key_ttl_seconds=store.key_ttl_seconds or 0,
     )
-
-
-def _int_key_layout(config: RepoConfig, join_key: str) -> tuple[bytes, bytes] | None:
-    """(prefix, suffix) around the int64 join key in Feast's own Redis key, found by asking Feast.
-
-    Feast 0.67 with serialization version 3 writes the value as 8 little-endian bytes between a
-    prefix (key count, join key name) and the project name; deriving the layout from Feast's
-    `_redis_key` instead of restating it means a Feast change that moves bytes is caught (the
-    view then goes to Feast's engine) rather than copied wrong.
-    """
-
-    def key(v: int) -> bytes:
-        entity = EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(int64_val=v)])
-        return _redis_key(config.project, entity, entity_key_serialization_version=config.entity_key_serialization_version)
-
-    zero = key(0)
-    at = key(0x0102030405060708).find(struct.pack("<q", 0x0102030405060708))
-    if at < 0:
-        return None
-    prefix, suffix = zero[:at], zero[at + 8:]
-    for probe in (1, -2, 2**62 + 12345):
-        if key(probe) != prefix + struct.pack("<q", probe) + suffix:
-            return None
-    return prefix, suffix
 
 
 # --- reading: the latest row per entity, streamed --------------------------------------------

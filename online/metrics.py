@@ -36,7 +36,7 @@ ON_DEMAND = Histogram(
 )
 MODEL = Histogram("skewless_model_seconds", "Scoring with the bundle (training/score.py), per request.", buckets=LATENCY_BUCKETS)
 FEATURE_AGE = Histogram(
-    "skewless_feature_age_seconds", "Age of the feature-view row used (request time - event time), by view.",
+    "skewless_feature_age_seconds", "Age of the oldest feature-view row a request used (request time - event time), by view.",
     ["view"], buckets=AGE_BUCKETS,
 )
 PREDICTIONS = Counter("skewless_predictions_total", "Customers scored, by outcome.", ["outcome"])

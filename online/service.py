@@ -80,12 +80,12 @@ class Service:
         scores = score(self.bundle, feats)
         MODEL.observe(time.perf_counter() - t)
 
+        # staleness per request, not per customer: one observation per view, its oldest row used
         now_s = now.timestamp()
         for view, ts in got.view_ts.items():
-            age = self.metrics.feature_age[view]
-            for i in idx:
-                if ts[i]:
-                    age.observe(now_s - ts[i])
+            oldest = min((t for t in ts if t), default=0.0)
+            if oldest:
+                self.metrics.feature_age[view].observe(now_s - oldest)
 
         probability = scores.probability.tolist()
         prediction = scores.prediction.tolist()

@@ -26,7 +26,7 @@ with faster writes): `class FastTTLRedisOnlineStore(TTLReadMixin, FastRedisOnlin
 `FastTTLRedisOnlineStoreConfig` whose `type` is that class path (Feast finds the config class
 by appending `Config` to the store class name, in the same module).
 
-`online_read_many` is the multi-view read the service uses (online/features.py).
+The service's own per-request read (online/features.py:RedisReader) applies the same rule.
 
 Which read paths: Feast 0.67's `get_online_features` calls `_read_features_per_fv` (one Redis
 pipeline for all views), `get_online_features_async` calls `_read_features_per_fv_async`, and
@@ -107,43 +107,6 @@ class TTLReadMixin:
     async def _read_features_per_fv_async(self, config, grouped_refs, *args, **kwargs):
         with _views(config, [table for table, _ in grouped_refs]):
             return await super()._read_features_per_fv_async(config, grouped_refs, *args, **kwargs)
-
-    def online_read_many(self, config, reads: list[tuple[FeatureView, list[str]]], entity_keys) -> list[list[tuple[Any, Any]]]:
-        """Several views' rows for the same entities in one Redis pipeline, TTLs applied.
-
-        The reads Feast's `get_online_features` makes (`_read_features_per_fv`: the same keys
-        and fields, one pipeline, the same conversion), without what it builds around them per
-        call: the registry lookups, a protobuf response and its conversion back to Python, and
-        one HMGET and one serialized key per entity *per view* where one per entity will do. `reads` is [(view, feature names)]; the answer
-        has one list of (event_ts, {feature: ValueProto}) per view, in entity order, with
-        (None, None) where Redis has no row or the row is past the view's TTL.
-        """
-        keys = self._generate_redis_keys_for_entities(config, entity_keys)
-        plan, fields = self._read_plan(config, reads)
-        replies = self._read_hash_fields(config, [(key, fields) for key in keys])
-        out = []
-        with _views(config, [view for view, _ in reads]):
-            start = 0
-            for fv_name, names, hset_keys in plan:
-                end = start + len(hset_keys)
-                out.append(self._convert_redis_values_to_protobuf([reply[start:end] for reply in replies], fv_name, names))
-                start = end
-        return out
-
-    def _read_plan(self, config, reads):
-        """Per view (name, field names, hashed Redis fields), and all fields: computed once per
-        distinct read (hashing the field names is most of a one-customer read's Python time)."""
-        cache_key = tuple((_versioned_fv_name(view, config), tuple(features)) for view, features in reads)
-        cache = self.__dict__.setdefault("_skewless_read_plans", {})
-        if cache_key not in cache:
-            plan = []
-            for (fv_name, features), (view, _) in zip(cache_key, reads):
-                names, hset_keys = self._generate_hset_keys_for_features(view, list(features), fv_name_override=fv_name)
-                plan.append((fv_name, names, hset_keys))
-            # Feast keeps every view of an entity in one hash (the key does not depend on the
-            # view), so one HMGET per entity fetches all views' fields; split back per view.
-            cache[cache_key] = (plan, [field for _, _, hset_keys in plan for field in hset_keys])
-        return cache[cache_key]
 
     def _convert_redis_values_to_protobuf(self, redis_values, feature_view, requested_features):
         rows = super()._convert_redis_values_to_protobuf(redis_values, feature_view, requested_features)

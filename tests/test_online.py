@@ -92,6 +92,32 @@ def test_online_applies_the_view_ttl(client, known, live):
     assert feats["plan"] is not None  # the profile view's TTL is long
 
 
+def test_fast_read_equals_feast_get_online_features(live, known):
+    """The service's own Redis read (online/features.py:RedisReader + the registry's transform)
+    gives exactly what Feast's get_online_features(FeatureService) gives through the TTL store:
+    every customer of the data, expired, unknown and negative IDs, one at a time and in batches."""
+    from datetime import datetime, timezone
+
+    from online.features import FeatureLookup, connect_store
+
+    store, _ = connect_store(live.repo, None, timeout_s=5, retries=1)
+    lookup = FeatureLookup(store, live.bundle.feature_service)
+    assert lookup.reader is not None  # the fast path is the one in use
+    ids = pd.read_parquet(live.repo / "data" / ACTIVITY_FILE, columns=["customer_id"])["customer_id"].unique().tolist()
+    ids += [known["expired"], known["unknown"], 0, 2**63 - 1]
+    now = datetime.now(timezone.utc)
+    for batch in [ids[:1], [known["expired"]], [known["unknown"]], ids]:
+        fast, feast = lookup._fast(batch, now), lookup.via_feature_service(batch, now)
+        assert fast.found == feast.found
+        assert fast.view_ts.keys() == feast.view_ts.keys()
+        for view in fast.view_ts:  # Feast reports event times in whole seconds
+            assert [int(t) for t in fast.view_ts[view]] == [int(t) for t in feast.view_ts[view]], view
+        for name in lookup.names:
+            a, b = fast.values[name], feast.values[name]
+            assert a == b and [type(x) for x in a] == [type(x) for x in b], name
+    assert sum(fast.found) > 500 and not all(fast.found)
+
+
 def test_model_is_loaded_once_and_metrics_count(live, known, tmp_path, monkeypatch):
     import online.service
 

@@ -14,7 +14,7 @@ from conftest import copy_repo, feast_apply
 
 from training.bundle import MANIFEST_FILE, MODEL_FILE, BundleError, load_bundle
 from training.dataset import KEYS, historical_features
-from training.score import score
+from training.score import feature_matrix, predict, score
 from training.store import open_store
 from training.train import time_split
 
@@ -90,6 +90,21 @@ def test_scoring_handles_unseen_and_missing_the_same_way(trained):
     p1 = score(b, rows).probability
     p2 = score(b, dict_rows).probability
     assert np.array_equal(p1, p2) and p1[0] == p1[1]
+
+
+def test_fast_predict_is_inplace_predict_bit_for_bit(trained):
+    """score() calls XGBoost's C predict directly (training/score.py:predict); it must be exactly
+    inplace_predict, on the training rows, on missing values and on one row at a time."""
+    b = trained[0].bundle
+    ts = pd.read_parquet(b.path / "training_set.parquet")
+    matrix = feature_matrix(b.features, ts)
+    matrix[::7, 3] = np.nan
+    assert np.array_equal(predict(b.booster, matrix), b.booster.inplace_predict(matrix, validate_features=False))
+    for row in matrix[:20]:
+        one = row.reshape(1, -1).copy()
+        assert np.array_equal(predict(b.booster, one), b.booster.inplace_predict(one, validate_features=False))
+    with pytest.raises(ValueError, match="float32"):
+        predict(b.booster, matrix.astype(np.float64))
 
 
 def copy_bundle(trained, tmp_path):
