@@ -2,9 +2,9 @@
 
     uv run python bench/online.py [--customers 50000] [--seconds 10] [--workers 2] [--no-feast]
 
-1. Prepares bench/results/online-<n>/: a copy of feature_repo whose yaml names the TTL store
-   (online.ttl_store.TTLRedisOnlineStore), data generated to end today, applied with the stock
-   `feast apply`, a model trained on it. Reused while its data still ends today.
+1. Prepares bench/results/online-<n>/: a copy of feature_repo, data generated to end today,
+   applied with the stock `feast apply`, a model trained on it. Reused while its data still
+   ends today.
 2. Starts a private redis-server on a loopback port and fills it with Feast's materialize
    (activity from 120 days back, as a long-running Redis holds rows that have since expired).
 3. Starts the service with the real command (`skewless serve --workers N`) and stock
@@ -255,11 +255,6 @@ def prepare(n: int, redis_feast: str) -> tuple[Path, Path]:
     print(f"preparing {base} ({n:,} customers, data ending {today:%Y-%m-%d})", flush=True)
     shutil.rmtree(base, ignore_errors=True)
     shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__", "*.db"))
-    yaml = repo / "feature_store.yaml"
-    text, count = re.subn(r"(?m)^(\s+)type: redis\s*$", r"\1type: online.ttl_store.TTLRedisOnlineStore", yaml.read_text())
-    if count != 1:
-        raise SystemExit(f"{yaml}: expected one `type: redis` line to replace, found {count}")
-    yaml.write_text(text)
     generate(GenerateConfig(customers=n, end=today), repo / "data")
     env = dict(os.environ, **{REDIS_ENV: redis_feast})
     subprocess.run([str(Path(sys.executable).with_name("feast")), "apply"], cwd=repo, env=env, check=True, capture_output=True)

@@ -84,9 +84,22 @@ def test_bad_batch_requests_are_422(client):
 
 
 def test_online_applies_the_view_ttl(client, known, live):
-    """Redis still holds the expired activity row; the service must not use it."""
-    raw = live.store.get_online_features(features=["customer_activity:logins_7d"], entity_rows=[{"customer_id": known["expired"]}]).to_dict()
-    assert raw["logins_7d"][0] is not None  # Feast's Redis read ignores TTL
+    """Redis still holds the expired activity row; the service must not use it, nor may any
+    reader of the repo's store (feature_store.yaml names the TTL-applying Redis store)."""
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    def logins(store):
+        rows = [{"customer_id": known["expired"]}]
+        return store.get_online_features(features=["customer_activity:logins_7d"], entity_rows=rows).to_dict()["logins_7d"][0]
+
+    provider = live.store._get_provider()
+    assert type(provider.online_store).__name__ == "TTLRedisOnlineStore"
+    assert logins(live.store) is None
+    ttl_store, provider._online_store = provider.online_store, RedisOnlineStore()
+    try:
+        assert logins(live.store) is not None  # Feast's stock Redis read ignores the TTL
+    finally:
+        provider._online_store = ttl_store
     feats = client.post("/predict?include_features=true", json={"customer_id": known["expired"]}).json()["features"]
     assert feats["logins_7d"] is None and feats["days_since_last_active"] is None
     assert feats["plan"] is not None  # the profile view's TTL is long
