@@ -249,7 +249,7 @@ def run_batch(
             # Feast runs only in the prefetch thread from here on: nothing else uses its connections;
             # closing() joins that thread before the DuckDB settings are restored
             frames = prefetch(stream_features(store, contract, ids, as_of, chunk_rows, seconds=parts), clock)
-            with duckdb_memory_limited(store, writer.stage_dir / "duckdb-spill"), contextlib.closing(frames):
+            with duckdb_memory_limited(store), contextlib.closing(frames):
                 for frame in frames:
                     with clock.stage("score"):
                         s = score(bundle, frame)

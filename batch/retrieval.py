@@ -23,6 +23,9 @@ is read straight from the profile view's source with Feast's rule for "latest ro
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -128,14 +131,12 @@ def latest_rows_sql(src: ViewSource, columns: list[str], id_filter: str = "TRUE"
     )
 
 
-def connect(temp_dir: Path | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with a memory limit (it spills beyond it) and UTC session time."""
+def connect() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with a memory limit and UTC session time (for the active-customer scan)."""
     con = duckdb.connect()
     con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
     con.execute("SET preserve_insertion_order = false")
     con.execute("SET TimeZone = 'UTC'")
-    if temp_dir is not None:
-        con.execute(f"SET temp_directory = {_literal(str(temp_dir))}")
     return con
 
 
@@ -228,24 +229,36 @@ def chunk_ids(customer_ids, chunk_rows: int) -> Iterator[np.ndarray]:
         yield ids[start : start + chunk_rows]
 
 
+_spill_dir: Path | None = None  # DuckDB's temp directory for this process, once set
+
+
 @contextmanager
-def duckdb_memory_limited(store: FeatureStore, temp_dir: Path) -> Iterator[None]:
+def duckdb_memory_limited(store: FeatureStore) -> Iterator[None]:
     """Bound the memory of the DuckDB that Feast's DuckDB offline store runs in (ibis's default
-    connection, shared by this process) inside the block: beyond DUCKDB_MEMORY_LIMIT it spills
-    to `temp_dir`. The connection's settings are restored afterwards."""
+    connection, one per process) inside the block: beyond DUCKDB_MEMORY_LIMIT it spills to a
+    temp directory of this process's (removed at exit), not to DuckDB's default `.tmp` in the
+    working directory. DuckDB cannot move its temp directory once used, so that is set once per
+    process; the memory limit is restored after the block.
+    """
     if store.config.offline_store.type != "duckdb":
         yield
         return
     import ibis
 
+    global _spill_dir
     con = ibis.get_backend()
+    if _spill_dir is None:
+        _spill_dir = Path(tempfile.mkdtemp(prefix="skewless-duckdb-spill-"))
+        atexit.register(shutil.rmtree, _spill_dir, ignore_errors=True)
+        try:
+            con.raw_sql(f"SET temp_directory = {_literal(str(_spill_dir))}")
+        except duckdb.Error:
+            pass  # something in this process already spilled: DuckDB keeps the directory it used
     con.raw_sql(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
-    con.raw_sql(f"SET temp_directory = {_literal(str(temp_dir))}")
     try:
         yield
     finally:
         con.raw_sql("RESET memory_limit")
-        con.raw_sql("RESET temp_directory")
 
 
 def stream_feature_tables(

@@ -2,9 +2,9 @@
 
     uv run python bench/batch.py --customers 50000 --customers 1000000 [--customers 10000000]
 
-For each scale: generate data into bench/results/batch-<n>/ (a copy of feature_repo; reused
-when already there), apply, train a bundle on a sample of labels, then, each in its own
-process (peak RSS of that process from wait4):
+For each scale: a copy of feature_repo in bench/results/batch-<n>/ over the shared generated data
+(bench/generated_data.py), applied, with a bundle trained on a sample of labels (all reused when
+already there), then, each in its own process (peak RSS of that process from wait4):
 
   1. `skewless score --as-of T` end to end: active customers, retrieval, on-demand features,
      scoring, DuckDB + Parquet writes; its --summary-json gives the time and peak RSS of each
@@ -16,7 +16,7 @@ process (peak RSS of that process from wait4):
 The ratio compares like with like: the score run's in-process wall time (every stage, from
 resolving the contract to the committed outputs) over the bare `to_df()` time. Both processes
 also pay ~7-10 s of interpreter start, Feast import and store opening, shown as process time.
-Results go to bench/results/batch.json.
+Results go to bench/results/batch-<n>.json, one file per scale.
 """
 
 from __future__ import annotations
@@ -31,9 +31,12 @@ import threading
 import time
 from pathlib import Path
 
+from generated_data import link_data
+
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the project's packages before this folder's scripts of the same names
 RESULTS = ROOT / "bench" / "results"
-DEFAULT_AS_OF = "2026-10-31T12:00:00+00:00"  # the generated data ends 2026-11-01
+DEFAULT_AS_OF = "2026-10-31T12:00:00+00:00"  # the generated data ends 2026-11-01 (bench/generated_data.py)
 
 BARE = """
 import json, sys, time
@@ -93,10 +96,10 @@ def prepare(n: int) -> tuple[Path, Path]:
     ready = (repo / "data" / "registry.db").exists() and (models / "churn" / "latest" / "manifest.json").exists()
     if not ready:
         shutil.rmtree(base, ignore_errors=True)
-        shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+        shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__", "*.db"))
+        link_data(n, repo / "data")
         sk = [sys.executable, "-m", "training"]
         print(f"preparing {n:,} customers in {base}", file=sys.stderr)
-        subprocess.run(sk + ["generate", "--customers", str(n), "--end", "2026-11-01", "--out", str(repo / "data")], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         subprocess.run(sk + ["apply", "--repo", str(repo)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         subprocess.run(sk + ["train", "--repo", str(repo), "--model-dir", str(models), "--max-rows", "200000"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return repo, models
@@ -174,7 +177,8 @@ def main() -> None:
         print(table(results[-1:]), file=sys.stderr)
     print(table(results))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "batch.json").write_text(json.dumps(results, indent=2) + "\n")
+    for r in results:
+        (RESULTS / f"batch-{r['customers']}.json").write_text(json.dumps(r, indent=2) + "\n")
 
 
 if __name__ == "__main__":

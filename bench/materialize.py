@@ -3,9 +3,9 @@
     uv run python bench/materialize.py --customers 100000 --customers 1000000 [--customers 10000000]
     uv run python bench/materialize.py --customers 100000 --profile-only   # where the stock path spends time
 
-For each scale: data generated into bench/results/materialize-<n>/data (reused when there),
-two copies of feature_repo beside it with the data hard-linked, `stock/` (`batch_engine: local`,
-Feast's own engine) and `skewless/` (the repo's yaml, online.materialize_engine), each applied
+For each scale: the shared generated data (bench/generated_data.py), hard-linked into two copies of
+feature_repo in bench/results/materialize-<n>/: `stock/` (`batch_engine: local` and `online_store
+type: redis`, Feast's own engine and store) and `skewless/` (the repo's yaml), each applied
 with the stock `feast apply`; one throwaway redis-server per scale, flushed between the paths.
 Each path then runs in its own process, doing what `cd <repo> && feast materialize START END`
 does (`FeatureStore(repo_path=".").materialize(START, END)`), timed around that call; the peak
@@ -17,7 +17,7 @@ with what the skewless run wrote.
 The stock path is skipped above --stock-max-customers (default 1M): it holds every row of the
 window in memory several times over (12.5 GB at 1M customers here), so 10M would need ~100 GB.
 A watchdog kills it beyond --stock-rss-cap-mb so it cannot push other work on this machine out
-of memory. Results go to bench/results/materialize.json.
+of memory. Results go to bench/results/materialize-<n>.json, one file per scale.
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ from pathlib import Path
 
 import psutil
 import yaml
+from generated_data import link_data
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the project's packages before this folder's scripts of the same names
 RESULTS = ROOT / "bench" / "results"
-START, END = "2000-01-01T00:00:00+00:00", "2026-11-01T00:00:00+00:00"  # all generated history
-DATA_END = "2026-11-01"
+START, END = "2000-01-01T00:00:00+00:00", "2026-11-01T00:00:00+00:00"  # all generated history (it ends 2026-11-01)
 SAMPLE_KEYS = 2_000
 
 RUN = """
@@ -102,28 +103,18 @@ print(json.dumps({k: [secs[k], peak.get(k)] for k in sorted(secs)}))
 
 
 def prepare(n: int) -> tuple[Path, Path]:
-    """bench/results/materialize-<n>/{data, stock, skewless}: generated data, two repo copies."""
+    """bench/results/materialize-<n>/{stock, skewless}: two repo copies over the shared data."""
     base = RESULTS / f"materialize-{n}"
-    data = base / "data"
-    files = ("customer_profiles.parquet", "customer_activity.parquet", "churn_labels.parquet")
-    if not all((data / f).exists() for f in files):
-        print(f"generating {n:,} customers into {data}", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "training", "generate", "--customers", str(n), "--end", DATA_END, "--out", str(data)],
-                       check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     repos = []
     for name in ("stock", "skewless"):
         repo = base / name
         shutil.rmtree(repo, ignore_errors=True)
         shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__", "*.db"))
-        (repo / "data").mkdir()
-        for f in files:
-            try:
-                os.link(data / f, repo / "data" / f)  # same bytes, no extra disk
-            except OSError:
-                shutil.copy(data / f, repo / "data" / f)
+        link_data(n, repo / "data")
         config = yaml.safe_load((repo / "feature_store.yaml").read_text())
         if name == "stock":
             config["batch_engine"] = "local"  # Feast's own engine
+            config["online_store"]["type"] = "redis"  # and Feast's own Redis store
         else:
             assert config.get("batch_engine", {}).get("type") == "online.materialize_engine.SkewlessRedisEngine", "feature_repo/feature_store.yaml does not name the skewless engine"
         (repo / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -217,7 +208,7 @@ def bench(n: int, stock_max: int, rss_cap_mb: float, profile_only: bool) -> dict
             r = run_measured([sys.executable, "-c", PROFILE, START, END], stock_repo, env, rss_cap_mb)
             result["stock_profile"] = json.loads(r["stdout"].strip().splitlines()[-1])
             return result
-        rows = expected_rows(stock_repo.parent / "data")
+        rows = expected_rows(stock_repo / "data")
         result["rows"] = rows
         stock_sample = None
         for name, repo in (("stock", stock_repo), ("skewless", our_repo)):
@@ -288,8 +279,9 @@ def main() -> None:
         results.append(bench(n, args.stock_max_customers, args.stock_rss_cap_mb, args.profile_only))
         print(table(results[-1]) + "\n", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / ("materialize-profile.json" if args.profile_only else "materialize.json")
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    for r in results:
+        name = f"materialize-profile-{r['customers']}" if args.profile_only else f"materialize-{r['customers']}"
+        (RESULTS / f"{name}.json").write_text(json.dumps(r, indent=2) + "\n")
 
 
 if __name__ == "__main__":
