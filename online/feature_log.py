@@ -1,9 +1,12 @@
 """What the service served, logged off the request path to Parquet.
 
 The request path only appends one tuple per request to an in-memory buffer (no lock wait, no
-thread wake-up, no I/O). A background thread wakes every `flush_s`, turns what accumulated
-into an Arrow table and appends it as a row group to the worker's current file; a file is
-closed and a new one started after `rotate_rows` rows, `rotate_s` seconds, or at midnight UTC.
+thread wake-up, no I/O). A background thread turns what accumulated into Arrow every
+CONVERT_S (0.1 s), and every `flush_s` appends the converted rows as one row group to the
+worker's current file; a file is closed and a new one started after `rotate_rows` rows,
+`rotate_s` seconds, or at midnight UTC. Converting Python values to Arrow holds the GIL, so it
+runs often on few rows: at 1,000 requests/s a conversion once a second held requests up for
+~16 ms (measured here), a tenth of that every 0.1 s; the Parquet write itself releases the GIL.
 The buffer is bounded: past `max_rows` pending rows a request's rows are dropped and counted
 (`skewless_feature_log_dropped_total`), never waited for. `close()`, which the lifespan calls
 on shutdown, writes everything still buffered and closes the file: a clean shutdown loses
@@ -55,6 +58,7 @@ from online.metrics import ERRORS, FEATURE_LOG_DROPPED, FEATURE_LOG_WRITTEN
 from training.bundle import Bundle
 
 SCHEMA_VERSION = 1
+CONVERT_S = 0.1  # how often buffered rows become Arrow (each conversion holds the GIL briefly)
 METADATA_KEY = b"skewless.feature_log"
 log = logging.getLogger("skewless.feature_log")
 
@@ -119,7 +123,8 @@ class FeatureLogger:
         self.max_rows, self.flush_s = max_rows, flush_s
         self.rotate_rows, self.rotate_s = rotate_rows, rotate_s
         self._buffer: deque[Served] = deque()
-        self._pending = 0  # rows in the buffer
+        self._pending = 0  # rows buffered or converted, not yet written
+        self._converted: list[pa.Table] = []  # converted, not yet written (writer thread only)
         self._count_lock = threading.Lock()
         self._stop = threading.Event()
         self._writer: pq.ParquetWriter | None = None
@@ -150,21 +155,42 @@ class FeatureLogger:
 
     # ------------------------------------------------------------------ writer thread
     def _run(self) -> None:
-        while not self._stop.wait(self.flush_s):
-            self._flush()
+        last_write = time.monotonic()
+        while not self._stop.wait(CONVERT_S):
+            self._convert()
+            if time.monotonic() - last_write >= self.flush_s:
+                self._flush()
+                last_write = time.monotonic()
+        self._convert()
         self._flush()
         self._close_file()
 
-    def _flush(self) -> None:
+    def _convert(self) -> None:
+        """Buffered requests -> one Arrow table, kept until the next write."""
         chunks = []
         while self._buffer:
             chunks.append(self._buffer.popleft())
         if chunks:
-            rows = sum(len(c.customer_ids) for c in chunks)
+            try:
+                self._converted.append(self._table(chunks))
+            except Exception:  # a value Arrow refuses must not stop the log; count and carry on
+                log.exception("feature log: could not convert %d requests", len(chunks))
+                ERRORS.labels(kind="feature_log").inc()
+                rows = sum(len(c.customer_ids) for c in chunks)
+                FEATURE_LOG_DROPPED.inc(rows)
+                with self._count_lock:
+                    self._pending -= rows
+
+    def _flush(self) -> None:
+        """Write the converted rows as one row group; rotate the file when due."""
+        if self._converted:
+            table = pa.concat_tables(self._converted)
+            self._converted = []
+            rows = table.num_rows
             with self._count_lock:
                 self._pending -= rows
             try:
-                self._write(self._table(chunks), chunks[0].request_time)
+                self._write(table, table.column("request_time")[0].as_py())
                 FEATURE_LOG_WRITTEN.inc(rows)
             except Exception:  # a full disk must not take the service down; count and carry on
                 log.exception("feature log: could not write %d rows to %s", rows, self.log_dir)

@@ -37,6 +37,7 @@ from typing import Any
 import redis
 from feast import FeatureStore
 from feast.on_demand_feature_view import OnDemandFeatureView
+from feast.infra.online_stores.redis import RedisType
 from feast.value_type import ValueType
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -98,6 +99,16 @@ class Lookup:
     transform_s: float  # on-demand transform
 
 
+# HMGET of the same fields on many keys in one command: the replies of a pipeline of HMGETs,
+# without redis-py packing and parsing each command in Python (~7 us per customer).
+HMGET_MANY_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('HMGET', key, unpack(ARGV)) end
+return out
+"""
+KEYS_PER_SCRIPT = 100
+
+
 @dataclass(frozen=True)
 class _ViewRead:
     name: str  # the view's name in the registry (view_ts key)
@@ -110,18 +121,20 @@ class RedisReader:
     """Several views of int64-keyed customers straight from Feast's Redis hashes, TTLs applied.
 
     The reads Feast's `get_online_features` makes (the same keys, fields and decoding) without
-    what it builds around them per call. One HMGET per customer fetches every view at once.
+    what it builds around them per call. One HMGET per customer fetches every view at once;
+    several customers go in one script call (HMGET_MANY_LUA), one round trip.
     """
 
     def __init__(self, client: redis.Redis, key_layout, views: list[_ViewRead], fields: list[bytes]):
         self.client, self.key_layout, self.views, self.fields = client, key_layout, views, fields
+        self.hmget_many = client.register_script(HMGET_MANY_LUA)  # EVALSHA, re-sent after a Redis restart
 
     @classmethod
     def for_store(cls, store: FeatureStore, reads, entity_key: str) -> "RedisReader | None":
         """A reader for `reads` ([(view, features)]), or None when the key layout is not Feast's int64 one."""
         layout = int_key_layout(store.config, entity_key)
-        if layout is None:
-            return None
+        if layout is None or store.config.online_store.redis_type != RedisType.redis:
+            return None  # another key layout, or a cluster (keys on several nodes): Feast's own read
         views, fields = [], []
         for view, feats in reads:
             name = view_name(view, store.config)
@@ -138,11 +151,13 @@ class RedisReader:
         keys = [self.key_layout.key(c) for c in customer_ids]
         if len(keys) == 1:
             replies = [self.client.hmget(keys[0], self.fields)]
-        else:
+        elif len(keys) <= KEYS_PER_SCRIPT:
+            replies = self.hmget_many(keys=keys, args=self.fields)
+        else:  # a script blocks Redis while it runs: ~0.3 ms per 100 keys, then others get a turn
             with self.client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.hmget(key, self.fields)
-                replies = pipe.execute()
+                for at in range(0, len(keys), KEYS_PER_SCRIPT):
+                    self.hmget_many(keys=keys[at:at + KEYS_PER_SCRIPT], args=self.fields, client=pipe)
+                replies = [reply for part in pipe.execute() for reply in part]
         n = len(keys)
         view_ts = {}
         for v in self.views:

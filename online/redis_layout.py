@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
@@ -89,10 +90,33 @@ _parse_value = ValueProto.FromString
 _parse_timestamp = Timestamp.FromString
 
 
+_IMMUTABLE = (str, int, float, bool, bytes, datetime)
+_decoded: dict[bytes, Any] = {}  # stored bytes -> Python value, for values that repeat
+_DECODED_MAX = 1 << 16
+
+
 def python_value(raw: bytes | None) -> Any:
-    """A stored value as Feast's `OnlineResponse.to_dict` gives it: None when absent or empty."""
+    """A stored value as Feast's `OnlineResponse.to_dict` gives it: None when absent or empty.
+
+    Decoded values are remembered by their bytes (plans, regions, small counts repeat across
+    customers; a hit costs ~0.1 us against ~0.9 us to decode). Only immutable values are kept,
+    so callers can never change a cached one; the cache is emptied when it reaches 65,536.
+    """
     if not raw:
         return None
+    try:
+        return _decoded[raw]
+    except KeyError:
+        pass
+    value = _decode(raw)
+    if isinstance(value, _IMMUTABLE):
+        if len(_decoded) >= _DECODED_MAX:
+            _decoded.clear()
+        _decoded[raw] = value
+    return value
+
+
+def _decode(raw: bytes) -> Any:
     value = _parse_value(raw)
     kind = value.WhichOneof("val")
     if kind is None:

@@ -8,6 +8,7 @@ log. `Service.predict` is lookup -> `training.score.score` -> log, with metrics.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -122,6 +123,7 @@ class Service:
     def close(self) -> None:
         if self.feature_log is not None:
             self.feature_log.close()
+        gc.unfreeze()  # let the interpreter free the start-up objects at exit (nanobind warns otherwise)
 
 
 def _json_value(v):
@@ -153,6 +155,11 @@ def start(settings: Settings) -> Service:
         )
     service = Service(settings, store, bundle, lookup, breaker, feature_log, ServiceMetrics(list(lookup.view_features)))
     _warm_up(service)
+    # Everything loaded so far (Feast, the registry, pandas, the model: ~270k objects) lives as
+    # long as the worker. Moved out of the collector's reach, a full collection under load takes
+    # ~1.5 ms instead of ~200 ms (measured here), which would otherwise land on some request's p99.
+    gc.collect()
+    gc.freeze()
     return service
 
 

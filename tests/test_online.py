@@ -111,7 +111,7 @@ def test_fast_read_equals_feast_get_online_features(live, known):
     every customer of the data, expired, unknown and negative IDs, one at a time and in batches."""
     from datetime import datetime, timezone
 
-    from online.features import FeatureLookup, connect_store
+    from online.features import KEYS_PER_SCRIPT, FeatureLookup, connect_store
 
     store, _ = connect_store(live.repo, None, timeout_s=5, retries=1)
     lookup = FeatureLookup(store, live.bundle.feature_service)
@@ -119,7 +119,8 @@ def test_fast_read_equals_feast_get_online_features(live, known):
     ids = pd.read_parquet(live.repo / "data" / ACTIVITY_FILE, columns=["customer_id"])["customer_id"].unique().tolist()
     ids += [known["expired"], known["unknown"], 0, 2**63 - 1]
     now = datetime.now(timezone.utc)
-    for batch in [ids[:1], [known["expired"]], [known["unknown"]], ids]:
+    assert len(ids) > 2 * KEYS_PER_SCRIPT  # one HMGET, one script call, and a pipeline of them
+    for batch in [ids[:1], [known["expired"]], [known["unknown"]], ids[:KEYS_PER_SCRIPT], ids]:
         fast, feast = lookup._fast(batch, now), lookup.via_feature_service(batch, now)
         assert fast.found == feast.found
         assert fast.view_ts.keys() == feast.view_ts.keys()
