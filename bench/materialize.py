@@ -238,6 +238,10 @@ def bench(n: int, stock_max: int, rss_cap_mb: float, profile_only: bool) -> dict
 
 
 def table(r: dict) -> str:
+    if "stock_profile" in r:
+        lines = [f"{r['customers']:,} customers: the stock path, stage by stage (seconds, peak RSS MB while in the stage):"]
+        lines += [f"  {k:58s} {v[0]:7.2f}  {'' if v[1] is None else f'{v[1]:7,.0f}'}" for k, v in r["stock_profile"].items()]
+        return "\n".join(lines)
     lines = [f"{r['customers']:,} customers, window {r['window'][0][:10]} .. {r['window'][1][:10]}: {r.get('rows', 0):,} rows",
              "| path | rows | keys | materialize s | rows/s | peak RSS MB | process s | rows/s vs stock | peak RSS vs stock |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -261,9 +265,6 @@ def table(r: dict) -> str:
         lines.append(f"byte-identical to stock on a random sample of {s['keys']:,} keys: {'yes' if s['identical'] else 'NO'}")
     for run in r.get("skewless", {}).get("runs", []):
         lines.append(f"  skewless {run['view']}: {run['rows']:,} rows in {run['seconds']:.1f} s (choosing the latest rows: {run['query_seconds']:.1f} s)")
-    if "stock_profile" in r:
-        lines.append("stock path, stage by stage (seconds, peak RSS MB):")
-        lines += [f"  {k:58s} {v[0]:7.2f}  {'' if v[1] is None else f'{v[1]:7,.0f}'}" for k, v in r["stock_profile"].items()]
     return "\n".join(lines)
 
 

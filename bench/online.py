@@ -422,6 +422,7 @@ def main() -> None:
                 ("skewless GET /health (HTTP floor)", app, app_port, health, 200, None),
                 ("skewless POST /predict", app, app_port, single, 200, "/predict"),
                 ("skewless POST /predict", app, app_port, single, 1000, "/predict"),
+                ("skewless POST /predict", app, app_port, single, 1500, "/predict"),  # headroom
                 ("skewless POST /predict/batch (100 IDs)", app, app_port, batch, 20, "/predict/batch"),
             ]
             if feast:
