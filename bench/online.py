@@ -1,6 +1,6 @@
 """Benchmark the online path: skewless /predict and /predict/batch beside stock `feast serve`.
 
-    uv run python bench/online.py [--customers 50000] [--seconds 10] [--workers 2] [--no-feast]
+    uv run python bench/online.py [--customers 50000] [--seconds 10] [--repeat 3] [--workers 2] [--no-feast]
 
 1. Prepares bench/results/online-<n>/: a copy of feature_repo, data generated to end today,
    applied with the stock `feast apply`, a model trained on it. Reused while its data still
@@ -14,8 +14,11 @@
    when none is idle, up to 64), and its latency is measured from that due time, so queueing
    shows. A sender thread sleeps to each due time and a receiver thread waits in epoll for
    answers; threads and `time.sleep` rather than asyncio, whose timers wake up to 1 ms late.
-5. Prints p50/p95/p99, errors, achieved rate and the server's CPU per request per scenario, the
-   service's own split of the time (from its /metrics), and writes bench/results/online.json.
+5. Runs every scenario `--repeat` times, round by round (a noisy minute on this shared machine
+   then spreads over all scenarios instead of sinking one), and prints per scenario the median
+   round's p50/p95/p99 with each round's p50 and p99 beside it, errors, achieved rate, the
+   server's CPU per request and the service's own split of the time (from its /metrics); writes
+   every round to bench/results/online.json.
 
 Only loopback addresses. Every process it starts runs in its own process group and is stopped
 at the end (SIGTERM, then SIGKILL after 20 s). Each scenario is bounded: its schedule plus at
@@ -32,6 +35,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -340,6 +344,17 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
+def _each(rounds: list[dict], key: str) -> str:
+    return " / ".join(f"{r[key]:.2f}" for r in rounds)
+
+
+def _by_scenario(results: list[dict]) -> dict[tuple[str, float], list[dict]]:
+    out: dict[tuple[str, float], list[dict]] = {}
+    for r in results:
+        out.setdefault((r["scenario"], r["rate"]), []).append(r)
+    return out
+
+
 def stage_split(before: dict, after: dict, route: str) -> dict[str, float]:
     """Mean ms per request of each stage the service measures, between two scrapes."""
     def mean(metric: str, labels: str = "") -> float:
@@ -365,6 +380,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10, help="Length of each measured scenario.")
     ap.add_argument("--workers", type=int, default=2, help="Worker processes of each server.")
     ap.add_argument("--no-feast", action="store_true", help="Skip the feast serve scenarios.")
+    ap.add_argument("--repeat", type=int, default=3, help="Rounds over all scenarios; the table shows the median round and each round's p50/p99.")
     args = ap.parse_args()
 
     import pandas as pd
@@ -430,32 +446,37 @@ def main() -> None:
                     ("feast serve /get-online-features (1 ID)", feast, feast_port, feast_req, 200, None),
                     ("feast serve /get-online-features (1 ID)", feast, feast_port, feast_req, 1000, None),
                 ]
-            for name, proc, port, payloads, rate, route in scenarios:
-                before = scrape(port) if route else {}
-                load = os.getloadavg()[0]  # other jobs on the machine show here
-                cpu0 = cpu_seconds(proc)
-                r = run_load(port, payloads, rate, args.seconds)
-                r["server_cpu_ms_per_req"] = (cpu_seconds(proc) - cpu0) / max(r["answered"], 1) * 1000
-                if route:
-                    splits[f"{name} @ {rate}/s"] = stage_split(before, scrape(port), route)
-                results.append({"scenario": name, "rate": rate, "load_before": load, **r})
-                print(f"{name:42} {rate:>5}/s: p50 {r['p50']:.2f} ms  p95 {r['p95']:.2f}  p99 {r['p99']:.2f}  "
-                      f"errors {r['errors']}  achieved {r['achieved_rps']:.0f}/s  server CPU {r['server_cpu_ms_per_req']:.2f} ms/req", flush=True)
+            for rep in range(args.repeat):  # rounds over every scenario: a noisy minute spreads over all of them
+                for name, proc, port, payloads, rate, route in scenarios:
+                    before = scrape(port) if route else {}
+                    load = os.getloadavg()[0]  # other jobs on the machine show here
+                    cpu0 = cpu_seconds(proc)
+                    r = run_load(port, payloads, rate, args.seconds)
+                    r["server_cpu_ms_per_req"] = (cpu_seconds(proc) - cpu0) / max(r["answered"], 1) * 1000
+                    if route:
+                        splits.setdefault(f"{name} @ {rate}/s", []).append(stage_split(before, scrape(port), route))
+                    results.append({"scenario": name, "rate": rate, "round": rep + 1, "load_before": load, **r})
+                    print(f"round {rep + 1}: {name:42} {rate:>5}/s: p50 {r['p50']:.2f} ms  p95 {r['p95']:.2f}  p99 {r['p99']:.2f}  "
+                          f"errors {r['errors']}  achieved {r['achieved_rps']:.0f}/s  server CPU {r['server_cpu_ms_per_req']:.2f} ms/req", flush=True)
         finally:
             for p in procs:
                 stop(p)
 
     print(f"\n{args.customers:,} customers, {args.workers} workers per server, {os.cpu_count()} cores shared with the "
-          "load generator, Redis and whatever else runs (load = 1-minute load average when the scenario started)")
-    print("\n| scenario | rate/s | achieved/s | p50 ms | p95 ms | p99 ms | errors | server CPU ms/req | load gen CPU ms/req | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        print(f"| {r['scenario']} | {r['rate']} | {r['achieved_rps']:.0f} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | "
-              f"{r['errors']} | {r['server_cpu_ms_per_req']:.2f} | {r['loadgen_cpu_s'] / max(r['answered'], 1) * 1000:.2f} | {r['load_before']:.1f} |")
-    for name, split in splits.items():
-        print(f"\nwhere the time goes, {name} (mean ms per request, measured by the service):")
-        for stage, ms in split.items():
-            print(f"  {stage:38} {ms:6.3f}")
+          f"load generator, Redis and whatever else runs; {args.repeat} round(s) of {args.seconds:g} s per scenario: "
+          "the median round, and each round's p50 / p99 (load = 1-minute load average before the round)")
+    print("\n| scenario | rate/s | achieved/s | p50 ms | p95 ms | p99 ms | errors | server CPU ms/req | load gen CPU ms/req | p50 of each round | p99 of each round |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for (name, rate), rounds in _by_scenario(results).items():
+        m = {k: statistics.median(r[k] for r in rounds) for k in ("achieved_rps", "p50", "p95", "p99", "server_cpu_ms_per_req")}
+        gen = statistics.median(r["loadgen_cpu_s"] / max(r["answered"], 1) * 1000 for r in rounds)
+        print(f"| {name} | {rate} | {m['achieved_rps']:.0f} | {m['p50']:.2f} | {m['p95']:.2f} | {m['p99']:.2f} | "
+              f"{sum(r['errors'] for r in rounds)} | {m['server_cpu_ms_per_req']:.2f} | {gen:.2f} | "
+              f"{_each(rounds, 'p50')} | {_each(rounds, 'p99')} |")
+    for name, per_round in splits.items():
+        print(f"\nwhere the time goes, {name} (mean ms per request measured by the service, median round):")
+        for stage in per_round[0]:
+            print(f"  {stage:38} {statistics.median(r[stage] for r in per_round):6.3f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "online.json").write_text(json.dumps({"results": results, "stages": splits}, indent=2))
 
