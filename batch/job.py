@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
-import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -37,14 +34,13 @@ from batch.retrieval import (
 )
 from batch.stages import StageClock, peak_rss_bytes
 from training.bundle import Bundle
+from training.prefetch import prefetch
 from training.score import score
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_OUT_DIR = PROJECT_DIR / "data"
 DEFAULT_DB = DEFAULT_OUT_DIR / "predictions.duckdb"
 DEFAULT_PARQUET = DEFAULT_OUT_DIR / "predictions"
-
-T = TypeVar("T")
 
 
 class NothingToScore(ValueError):
@@ -113,57 +109,6 @@ def check_as_of(store, contract, as_of: datetime) -> list[str]:
         if view.ttl and newest is not None and as_of - newest[1] > view.ttl:
             warnings.append(f"every row of {view.name} has expired at {as_of.isoformat()} (newest {newest[1]:%Y-%m-%d %H:%M}, TTL {view.ttl.days}d): its features are null for all customers")
     return warnings
-
-
-def prefetch(items: Iterator[T], clock: StageClock, stage: str = "retrieve", depth: int = 1) -> Iterator[T]:
-    """Iterate `items` in a background thread, `depth` items ahead, timing each step as `stage`.
-
-    Errors in the background surface here. When the consumer stops early (an error while
-    scoring or writing), the producer is told to stop and joined before this returns.
-    """
-    done, stop = object(), threading.Event()
-    q: queue.Queue = queue.Queue(maxsize=depth)
-
-    def put(item) -> None:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def produce() -> None:
-        try:
-            while not stop.is_set():
-                with clock.stage(stage):
-                    item = next(items, done)
-                put(item)
-                if item is done:
-                    return
-        except BaseException as exc:  # noqa: BLE001  (handed to the consumer, raised there)
-            put(_Failure(exc))
-
-    thread = threading.Thread(target=produce, name="batch-retrieval", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, _Failure):
-                raise item.exc
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()
-
-
-@dataclass
-class _Failure:
-    exc: BaseException
 
 
 def prediction_table(ids: np.ndarray, scores, bundle: Bundle, as_of: datetime, scored_at: datetime, run_id: str) -> pa.Table:
@@ -248,7 +193,8 @@ def run_batch(
             parts: dict[str, float] = {}
             # Feast runs only in the prefetch thread from here on: nothing else uses its connections;
             # closing() joins that thread before the DuckDB settings are restored
-            frames = prefetch(stream_features(store, contract, ids, as_of, chunk_rows, seconds=parts), clock)
+            features = stream_features(store, contract, ids, as_of, chunk_rows, seconds=parts)
+            frames = prefetch(features, step=lambda: clock.stage("retrieve"), name="batch-retrieval")
             with duckdb_memory_limited(store), contextlib.closing(frames):
                 for frame in frames:
                     with clock.stage("score"):

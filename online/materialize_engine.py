@@ -62,12 +62,9 @@ own local engine unchanged, with a line on stderr saying why.
 from __future__ import annotations
 
 import contextlib
-import os
-import queue
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -91,6 +88,7 @@ from feast.value_type import ValueType
 from pydantic import StrictInt, StrictStr
 
 from online.redis_layout import feature_field, int_key_layout, ts_field, view_name
+from training.prefetch import prefetch
 
 ENGINE_TYPE = "online.materialize_engine.SkewlessRedisEngine"
 NULL_TIMESTAMP = np.iinfo(np.int64).min  # what Feast writes for a null UnixTimestamp (NaT as int)
@@ -292,52 +290,9 @@ def latest_rows(plan: ViewPlan, start: datetime, end: datetime, batch_rows: int,
             con.close()
             shutil.rmtree(spill, ignore_errors=True)
 
-    return rows, _prefetch(batches()), seconds
-
-
-def _prefetch(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterator[pa.RecordBatch]:
-    """`batches`, pulled by a thread up to `depth` ahead: DuckDB (which releases the GIL) reads
-    and joins the next batch while the caller encodes, and Redis writes, the previous one."""
-    ready: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def pull() -> None:
-        try:
-            for batch in batches:
-                while not stop.is_set():
-                    try:
-                        ready.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    break
-            item = done
-        except BaseException as exc:  # handed to the caller, raised there
-            item = exc
-        finally:
-            batches.close()
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    thread = threading.Thread(target=pull, name="duckdb-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = ready.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
+    # DuckDB (which releases the GIL) reads and joins the next batch while the caller encodes,
+    # and Redis writes, the previous one
+    return rows, prefetch(batches(), depth=2, name="duckdb-prefetch"), seconds
 
 
 def _sql_string(value: str) -> str:
