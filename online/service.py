@@ -84,7 +84,7 @@ class Service:
         # staleness per request, not per customer: one observation per view, its oldest row used
         now_s = now.timestamp()
         for view, ts in got.view_ts.items():
-            oldest = min((t for t in ts if t), default=0.0)
+            oldest = min((x for x in ts if x), default=0.0)
             if oldest:
                 self.metrics.feature_age[view].observe(now_s - oldest)
 
