@@ -65,8 +65,11 @@ def test_manifest_records_the_contract(trained, small_store):
     assert b.feature_names == [f.name for p in svc.feature_view_projections for f in p.features]
     plan = next(f for f in b.features if f.name == "plan")
     assert plan.categories == ("basic", "business", "pro")  # `enterprise` is never seen in training
-    assert man["risk_segments"][0] == {"name": "Low", "upper": 0.3}
     assert 0 < man["decision_threshold"] < 1
+    low, medium, high = man["risk_segments"]
+    assert (low["name"], medium["name"], high) == ("Low", "Medium", {"name": "High", "upper": None})
+    assert low["upper"] == man["decision_threshold"]
+    assert medium["upper"] == max(man["decision_threshold"], 2 * man["metrics"]["validation_churn_rate"])
     assert len(man["training_data_sha256"]) == 64
     assert {"feast", "xgboost-cpu", "python"} <= set(man["libraries"])
 
@@ -79,6 +82,16 @@ def test_round_trip_is_bit_for_bit(trained):
     assert latest.version == again.version
     shuffled = ts[list(reversed(ts.columns))]  # any column order
     assert np.array_equal(score(result.bundle, ts).probability, score(again, shuffled).probability)
+
+
+def test_risk_segment_agrees_with_the_prediction(trained):
+    """Low is exactly 'predicted to stay': a customer is never predicted to churn and Low risk."""
+    b = trained[0].bundle
+    ts = pd.read_parquet(b.path / "training_set.parquet")
+    s = score(b, ts)
+    low = np.asarray(s.risk_segment) == "Low"
+    assert np.array_equal(low, s.prediction == 0)
+    assert low.any() and not low.all()
 
 
 def test_scoring_handles_unseen_and_missing_the_same_way(trained):

@@ -216,4 +216,4 @@ def model(version: str, model_dir: Path | None) -> None:
     for key in ("model", "baseline_logistic", "ceiling_true_hazard"):
         r = m["metrics"][key]
         click.echo(f"  {key:20} ROC-AUC {r['roc_auc']:.3f}  PR-AUC {r['pr_auc']:.3f}  log loss {r['log_loss']:.4f}")
-    click.echo(f"  threshold {b.threshold:.3f}; segments " + ", ".join(f"{s['name']}<{s['upper']}" if s["upper"] else s["name"] for s in b.segments))
+    click.echo(f"  threshold {b.threshold:.3f}; segments " + ", ".join(f"{s['name']}<{s['upper']:.3f}" if s["upper"] else s["name"] for s in b.segments))

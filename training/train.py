@@ -4,7 +4,8 @@ Evaluation is honest by construction: the split is by label time (validation = t
 dates), and training labels end a full label horizon before validation starts, so no training
 outcome overlaps a validation row's future. The model is compared with a logistic-regression
 baseline and with the generator's true hazard (the ceiling no model can beat). The decision
-threshold is chosen on validation (best F1) and stored in the bundle.
+threshold is chosen on validation (best F1) and stored in the bundle, with risk segments
+bounded by it (risk_segments).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from training.score import feature_matrix, score
 SERVICE = "churn_v1"
 SEED = 7
 VALIDATION_DATES = 3  # the last weekly label dates are held out
-RISK_SEGMENTS = [{"name": "Low", "upper": 0.3}, {"name": "Medium", "upper": 0.6}, {"name": "High", "upper": None}]
+HIGH_RISK_LIFT = 2.0  # High risk: at least twice as likely to churn as the average customer
 XGB_PARAMS = {
     "objective": "binary:logistic",
     "eval_metric": "logloss",
@@ -110,6 +111,19 @@ def best_f1_threshold(y: np.ndarray, p: np.ndarray) -> float:
     precision, recall, thresholds = precision_recall_curve(y, p)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def risk_segments(threshold: float, churn_rate: float) -> list[dict]:
+    """Low / Medium / High bounds for this model, stored in the bundle.
+
+    Low ends at the decision threshold, so a segment never contradicts the prediction (Low is
+    exactly churn_prediction 0); High starts where the churn probability is HIGH_RISK_LIFT times
+    the validation churn rate (never below the threshold). Fixed bounds (say 0.3 / 0.6) put
+    nearly every customer of a churn model with a ~10% base rate in Low, predicted churners
+    included.
+    """
+    high = max(threshold, HIGH_RISK_LIFT * churn_rate)
+    return [{"name": "Low", "upper": threshold}, {"name": "Medium", "upper": high}, {"name": "High", "upper": None}]
 
 
 def baseline_model(specs: list[FeatureSpec]):
@@ -218,7 +232,8 @@ def train(
             "metrics": metrics,
             "decision_threshold": threshold,
             "threshold_rule": "maximises F1 on the validation label dates",
-            "risk_segments": RISK_SEGMENTS,
+            "risk_segments": risk_segments(threshold, metrics["validation_churn_rate"]),
+            "risk_segment_rule": f"Low below the decision threshold; High from {HIGH_RISK_LIFT:g}x the validation churn rate",
             "params": {**XGB_PARAMS, "num_boost_round": booster.num_boosted_rounds()},
             "training_data_sha256": fingerprint,
             "libraries": {pkg: pkg_version(pkg) for pkg in ("feast", "xgboost-cpu", "pandas", "numpy", "scikit-learn", "duckdb")}
