@@ -42,7 +42,3 @@ class Breaker:
 
     def success(self) -> None:
         self.open_until = 0.0
-
-    @property
-    def is_open(self) -> bool:
-        return bool(self.open_until)

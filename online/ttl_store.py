@@ -131,11 +131,6 @@ class TTLRedisOnlineStoreConfig(RedisOnlineStoreConfig):
     type: Literal["online.ttl_store.TTLRedisOnlineStore"] = CLASS_PATH  # type: ignore[assignment]
 
 
-def applies_ttl(store) -> bool:
-    """Whether `store` (a FeatureStore) reads through a TTL-applying online store."""
-    return isinstance(store._get_provider().online_store, TTLReadMixin)
-
-
 def ensure_ttl(store) -> str | None:
     """Make `store` read through a TTL-applying online store; a warning when the yaml did not.
 
