@@ -45,6 +45,7 @@ from feast.infra.offline_stores.file_source import FileSource
 from batch.on_demand import apply_on_demand, constant_values
 from training.contract import Contract, resolve  # noqa: F401  (re-exported for callers)
 from training.dataset import KEYS, REQUEST_TIME
+from training.sql import ident, literal
 
 DEFAULT_CHUNK_ROWS = 250_000
 DUCKDB_MEMORY_LIMIT = "768MB"  # DuckDB spills beyond this; with a chunk being scored, the run stays under 2 GB
@@ -100,33 +101,25 @@ def view_source(store: FeatureStore, view: FeatureView) -> ViewSource:
     )
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def latest_rows_sql(src: ViewSource, columns: list[str], id_filter: str = "TRUE") -> str:
     """One row per key: the latest known at `$as_of` within the TTL, with Feast's ordering.
 
     Timestamps are compared as TIMESTAMPTZ (Feast casts both columns to UTC timestamps the
     same way); `$as_of` is a bound parameter.
     """
-    ts = f"CAST({_ident(src.timestamp_field)} AS TIMESTAMPTZ)"
+    ts = f"CAST({ident(src.timestamp_field)} AS TIMESTAMPTZ)"
     where = [id_filter, f"{ts} <= $as_of"]
     order = [f"{ts} DESC"]
     if src.created_field:
-        created = f"CAST({_ident(src.created_field)} AS TIMESTAMPTZ)"
+        created = f"CAST({ident(src.created_field)} AS TIMESTAMPTZ)"
         where.append(f"{created} <= $as_of")
         order.append(f"{created} DESC")
     if src.ttl_seconds:
         where.append(f"{ts} >= $as_of - INTERVAL {src.ttl_seconds} SECOND")
-    key = _ident(src.key)
-    cols = ", ".join([key] + [_ident(c) for c in columns])
+    key = ident(src.key)
+    cols = ", ".join([key] + [ident(c) for c in columns])
     return (
-        f"SELECT {cols} FROM read_parquet({_literal(src.path)}) WHERE {' AND '.join(where)} "
+        f"SELECT {cols} FROM read_parquet({literal(src.path)}) WHERE {' AND '.join(where)} "
         f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {', '.join(order)}) = 1"
     )
 
@@ -190,7 +183,7 @@ def active_customers(store: FeatureStore, as_of: datetime, view_name: str = PROF
         parts = max(1, -(-rows // ACTIVE_SCAN_ROWS))
         step = -(-(hi - lo + 1) // parts)  # Python ints: no overflow near the int64 limit
         ranges = [(start, min(start + step, hi + 1)) for start in range(lo, hi + 1, step)]
-    key = _ident(src.key)
+    key = ident(src.key)
     out = []
     for start, stop in ranges:
         id_filter = "TRUE" if start is None else f"{key} >= {int(start)} AND {key} < {int(stop)}"
@@ -212,8 +205,8 @@ def source_time_ranges(store: FeatureStore, contract: Contract) -> dict[str, tup
     try:
         for view in contract.views:
             src = view_source(store, view)
-            ts = f"CAST({_ident(src.timestamp_field)} AS TIMESTAMPTZ)"
-            lo, hi = con.execute(f"SELECT min({ts}), max({ts}) FROM read_parquet({_literal(src.path)})").fetchall()[0]
+            ts = f"CAST({ident(src.timestamp_field)} AS TIMESTAMPTZ)"
+            lo, hi = con.execute(f"SELECT min({ts}), max({ts}) FROM read_parquet({literal(src.path)})").fetchall()[0]
             ranges[view.name] = None if lo is None else (lo.astimezone(timezone.utc), hi.astimezone(timezone.utc))
     finally:
         con.close()
@@ -251,7 +244,7 @@ def duckdb_memory_limited(store: FeatureStore) -> Iterator[None]:
         _spill_dir = Path(tempfile.mkdtemp(prefix="skewless-duckdb-spill-"))
         atexit.register(shutil.rmtree, _spill_dir, ignore_errors=True)
         try:
-            con.raw_sql(f"SET temp_directory = {_literal(str(_spill_dir))}")
+            con.raw_sql(f"SET temp_directory = {literal(str(_spill_dir))}")
         except duckdb.Error:
             pass  # something in this process already spilled: DuckDB keeps the directory it used
     con.raw_sql(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")

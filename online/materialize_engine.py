@@ -89,6 +89,7 @@ from pydantic import StrictInt, StrictStr
 
 from online.redis_layout import feature_field, int_key_layout, ts_field, view_name
 from training.prefetch import prefetch
+from training.sql import ident, literal
 
 ENGINE_TYPE = "online.materialize_engine.SkewlessRedisEngine"
 NULL_TIMESTAMP = np.iinfo(np.int64).min  # what Feast writes for a null UnixTimestamp (NaT as int)
@@ -238,10 +239,6 @@ def plan_view(config: RepoConfig, view, disable_event_timestamp: bool = False) -
 # --- reading: the latest row per entity, streamed --------------------------------------------
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def latest_rows(plan: ViewPlan, start: datetime, end: datetime, batch_rows: int, memory_limit: str) -> tuple[int, Iterator[pa.RecordBatch], float]:
     """(rows, batches, seconds spent choosing them): the latest row per entity in the window.
 
@@ -255,13 +252,13 @@ def latest_rows(plan: ViewPlan, start: datetime, end: datetime, batch_rows: int,
     spill = tempfile.mkdtemp(prefix="skewless-duckdb-")  # one per run: concurrent runs must not share
     con = duckdb.connect(config={"memory_limit": memory_limit, "preserve_insertion_order": False, "temp_directory": spill})
     many = plan.path.endswith("*.parquet")
-    src = f"read_parquet({_sql_string(plan.path)}, file_row_number = true{', filename = true' if many else ''})"
-    key, ts = _quote(plan.join_key), _quote(plan.timestamp)
+    src = f"read_parquet({literal(plan.path)}, file_row_number = true{', filename = true' if many else ''})"
+    key, ts = ident(plan.join_key), ident(plan.timestamp)
     params = {"start": _utc(start), "end": _utc(end)}
     window = f"{ts} >= $start AND {ts} <= $end"
     order = [f"-epoch_us({ts})"]
     if plan.created:
-        created = _quote(plan.created)
+        created = ident(plan.created)
         params["late_floor"] = _utc(end - plan.ttl) if plan.ttl else datetime(1, 1, 1, tzinfo=timezone.utc)
         window = f"{ts} <= $end AND ({ts} >= $start OR ({created} >= $start AND {created} <= $end AND {ts} >= $late_floor))"
         order.append(f"coalesce(-epoch_us({created}), 9223372036854775807)")
@@ -270,7 +267,7 @@ def latest_rows(plan: ViewPlan, start: datetime, end: datetime, batch_rows: int,
     began = time.perf_counter()
     winners = ", ".join(f"arg_min({p}, {by}) AS {p}" for p in position)
     columns = ", ".join([f"CAST(s.{key} AS BIGINT) AS k", f"s.{ts} AS ts"]
-                        + [f"CAST(s.{_quote(f)} AS {DUCKDB_TYPES[vt]}) AS {_quote(f)}" for f, vt in plan.features])
+                        + [f"CAST(s.{ident(f)} AS {DUCKDB_TYPES[vt]}) AS {ident(f)}" for f, vt in plan.features])
     match = " AND ".join(f"s.{p} = l.{p}" for p in position)
     try:
         con.execute("SET TimeZone = 'UTC'")  # naive source timestamps are UTC, as in Feast
@@ -293,10 +290,6 @@ def latest_rows(plan: ViewPlan, start: datetime, end: datetime, batch_rows: int,
     # DuckDB (which releases the GIL) reads and joins the next batch while the caller encodes,
     # and Redis writes, the previous one
     return rows, prefetch(batches(), depth=2, name="duckdb-prefetch"), seconds
-
-
-def _sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _utc(t: datetime) -> datetime:
