@@ -57,7 +57,7 @@ print(json.dumps({"engine": type(engine).__name__, "seconds": seconds, "runs": r
 """
 
 # Feast's stock materialize with each stage timed in place (the engine's own functions wrapped),
-# peak RSS per stage polled: the profile in online/materialize_engine.py's docstring.
+# peak RSS per stage polled: the profile in online_store/materialize_engine.py's docstring.
 PROFILE = """
 import collections, json, sys, threading, time, warnings
 from datetime import datetime
@@ -116,7 +116,7 @@ def prepare(n: int) -> tuple[Path, Path]:
             config["batch_engine"] = "local"  # Feast's own engine
             config["online_store"]["type"] = "redis"  # and Feast's own Redis store
         else:
-            assert config.get("batch_engine", {}).get("type") == "online.materialize_engine.SkewlessRedisEngine", "feature_repo/feature_store.yaml does not name the skewless engine"
+            assert config.get("batch_engine", {}).get("type") == "online_store.materialize_engine.SkewlessRedisEngine", "feature_repo/feature_store.yaml does not name the skewless engine"
         (repo / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         repos.append(repo)
     return repos[0], repos[1]
@@ -196,7 +196,7 @@ def sample(client, keys: list[bytes] | None = None) -> dict[bytes, dict[bytes, b
 
 
 def bench(n: int, stock_max: int, rss_cap_mb: float, profile_only: bool) -> dict:
-    from online.redis_server import throwaway_redis
+    from online_store.redis_server import throwaway_redis
 
     stock_repo, our_repo = prepare(n)
     result: dict = {"customers": n, "window": [START, END]}

@@ -270,7 +270,7 @@ def prepare(n: int, redis_feast: str) -> tuple[Path, Path]:
 def fill_redis(store, end: datetime) -> float:
     """Load every online view into Redis up to `end` with Feast's own materialize.
 
-    Kept to one function so `skewless materialize` (online/materialize.py) can replace it.
+    Kept to one function so `skewless materialize` (online_store/materialize.py) can replace it.
     """
     t = time.perf_counter()
     for view in store.list_feature_views():
@@ -385,7 +385,7 @@ def main() -> None:
 
     import pandas as pd
 
-    from online.redis_server import free_port, throwaway_redis
+    from online_store.redis_server import free_port, throwaway_redis
     from training.generate import PROFILES_FILE
     from training.store import REDIS_ENV, open_store
 
@@ -425,7 +425,7 @@ def main() -> None:
             # feast serve's JSON API hands `as_of` to the python on-demand view as an int (which
             # the view cannot use), so it is asked for churn_v1's view features: the same Redis
             # reads, without the transform and the model.
-            from online.features import FeatureLookup
+            from serving.features import FeatureLookup
 
             refs = FeatureLookup(store, "churn_v1").refs
             feast_req = [http_post("/get-online-features", {"features": refs, "entities": {"customer_id": [c]}}) for c in sample]

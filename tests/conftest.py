@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from online.redis_server import RedisEndpoint, throwaway_redis
+from online_store.redis_server import RedisEndpoint, throwaway_redis
 from training.generate import GenerateConfig, generate
 from training.store import REDIS_ENV, REPO_DIR, open_store
 
@@ -77,7 +77,7 @@ def live(tmp_path_factory, redis_endpoint):
     from datetime import datetime, timedelta, timezone
     from types import SimpleNamespace
 
-    from online.materialize import materialize
+    from online_store.materialize import materialize
     from training.train import train
 
     today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)

@@ -60,7 +60,7 @@ def test_stock_cli_materialize_incremental(tmp_path, redis_endpoint, small_repo)
     import sys
     from pathlib import Path
 
-    from online.redis_server import throwaway_redis
+    from online_store.redis_server import throwaway_redis
     from training.store import REDIS_ENV
 
     repo = copy_repo(tmp_path / "feature_repo")

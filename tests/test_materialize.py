@@ -24,8 +24,8 @@ from click.testing import CliRunner
 from feast.infra.online_stores.redis import RedisOnlineStore
 from conftest import copy_repo, feast_apply
 
-from online.materialize_engine import SkewlessRedisEngineConfig, join_rows, plan_view, value_proto, write_view
-from online.redis_server import throwaway_redis
+from online_store.materialize_engine import SkewlessRedisEngineConfig, join_rows, plan_view, value_proto, write_view
+from online_store.redis_server import throwaway_redis
 from training.generate import ACTIVITY_FILE, ACTIVITY_SCHEMA, LABEL_SCHEMA, LABELS_FILE, PROFILE_SCHEMA, PROFILES_FILE
 from training.store import REDIS_ENV, open_store
 

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from online.app import create_app
-from online.feature_log import read_log
-from online.redis_server import free_port, throwaway_redis
-from online.settings import Settings
+from serving.app import create_app
+from monitoring.feature_log import read_log
+from online_store.redis_server import free_port, throwaway_redis
+from serving.settings import Settings
 from training.generate import ACTIVITY_FILE
 from training.store import REDIS_ENV
 
@@ -106,12 +106,12 @@ def test_online_applies_the_view_ttl(client, known, live):
 
 
 def test_fast_read_equals_feast_get_online_features(live, known):
-    """The service's own Redis read (online/features.py:RedisReader + the registry's transform)
+    """The service's own Redis read (serving/features.py:RedisReader + the registry's transform)
     gives exactly what Feast's get_online_features(FeatureService) gives through the TTL store:
     every customer of the data, expired, unknown and negative IDs, one at a time and in batches."""
     from datetime import datetime, timezone
 
-    from online.features import KEYS_PER_SCRIPT, FeatureLookup, connect_store
+    from serving.features import KEYS_PER_SCRIPT, FeatureLookup, connect_store
 
     store, _ = connect_store(live.repo, None, timeout_s=5, retries=1)
     lookup = FeatureLookup(store, live.bundle.feature_service)
@@ -133,11 +133,11 @@ def test_fast_read_equals_feast_get_online_features(live, known):
 
 
 def test_model_is_loaded_once_and_metrics_count(live, known, tmp_path, monkeypatch):
-    import online.service
+    import serving.service
 
     loads = []
-    real_load = online.service.load_bundle
-    monkeypatch.setattr(online.service, "load_bundle", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    real_load = serving.service.load_bundle
+    monkeypatch.setattr(serving.service, "load_bundle", lambda *a, **k: loads.append(1) or real_load(*a, **k))
     with TestClient(create_app(make_settings(live, tmp_path))) as client:
         for _ in range(5):
             assert client.post("/predict", json={"customer_id": known["fresh"]}).status_code == 200

@@ -21,10 +21,10 @@ from fastapi.testclient import TestClient
 
 from batch.job import run_batch
 from batch.retrieval import resolve, stream_features
-from online.app import create_app
-from online.materialize import DEFAULT_LOOKBACK, materialize
-from online.redis_server import throwaway_redis
-from online.settings import Settings
+from serving.app import create_app
+from online_store.materialize import DEFAULT_LOOKBACK, materialize
+from online_store.redis_server import throwaway_redis
+from serving.settings import Settings
 from training.dataset import historical_features
 from training.generate import ACTIVITY_FILE, ACTIVITY_SCHEMA, LABEL_SCHEMA, LABELS_FILE, PROFILE_SCHEMA, PROFILES_FILE
 from training.store import REDIS_ENV, open_store
@@ -172,7 +172,7 @@ def test_late_rows_reach_redis(late_repo, monkeypatch, engine, lookback, expect_
 def test_skew_report_finds_nothing_on_clean_logs_and_flags_a_changed_value(live, sample, tmp_path):
     from click.testing import CliRunner
 
-    from online.feature_log import read_log
+    from monitoring.feature_log import read_log
     from training.cli import main
 
     settings = Settings(repo_path=live.repo, model_dir=live.model_dir, feature_log_dir=tmp_path / "log")

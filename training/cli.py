@@ -1,6 +1,6 @@
 """The `skewless` command: one entry point for every stage of the pipeline.
 
-Stages register their own subcommands (training here, batch/cli.py, online/cli.py). Heavy
+Stages register their own subcommands (training here, batch/cli.py, serving/cli.py). Heavy
 imports (Feast, XGBoost) happen inside the commands so `skewless --help` stays fast. Every
 expected failure becomes one line on stderr and a non-zero exit, never a traceback.
 """
@@ -27,10 +27,10 @@ class Group(click.Group):
     # name -> "module:attribute" of a click command defined by that stage
     lazy: dict[str, str] = {
         "score": "batch.cli:score",
-        "materialize": "online.materialize:materialize_command",
-        "serve": "online.cli:serve",
-        "skew-report": "online.skew_report:skew_report_command",
-        "demo-online": "online.demo:demo_online",
+        "materialize": "online_store.materialize:materialize_command",
+        "serve": "serving.cli:serve",
+        "skew-report": "monitoring.skew_report:skew_report_command",
+        "demo-online": "serving.demo:demo_online",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -107,7 +107,7 @@ def generate(customers: int, days: int, seed: int, end: str, out_dir: Path) -> N
 @click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=REPO_DIR, show_default=True)
 def apply(repo: Path) -> None:
     """Register the feature definitions: runs the stock `feast apply` inside the repo."""
-    from online.redis_server import redis_for_feast
+    from online_store.redis_server import redis_for_feast
 
     if not (repo / "data").is_dir():
         raise click.ClickException(f"no data in {repo / 'data'}: run `skewless generate` first")

@@ -22,7 +22,7 @@ def open_store(repo_path: Path | str = REPO_DIR) -> FeatureStore:
 
     The yaml gives `sqlite:///data/registry.db`, relative, so the stock CLI run from inside the
     repo finds it; SQLite itself would resolve it against the current directory, so it is made
-    absolute here. `${SKEWLESS_REDIS}` must be set (see online/redis_server.py); when it is not,
+    absolute here. `${SKEWLESS_REDIS}` must be set (see online_store/redis_server.py); when it is not,
     the online store is pointed at a placeholder that fails on first use, so offline-only work
     (training, batch) needs no Redis.
     """

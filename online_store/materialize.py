@@ -1,7 +1,7 @@
 """`skewless materialize`: fill Redis from the offline store up to a time, and say what it did.
 
 The work is Feast's `materialize`, run by the engine `feature_repo/feature_store.yaml` names
-(online/materialize_engine.py: streamed DuckDB reads, column-wise encoding, newer-wins Lua
+(online_store/materialize_engine.py: streamed DuckDB reads, column-wise encoding, newer-wins Lua
 writes; its docstring has the profile of the stock path it replaces). The stock `feast
 materialize-incremental` runs the same engine; this command adds what a scheduler wants: a
 Redis found or started (`redis_for_feast`), the store opened from any directory, `--full` for
@@ -35,7 +35,7 @@ def materialize(store, end: datetime, lookback: timedelta = DEFAULT_LOOKBACK, fu
     A view never materialized, or every view with `full` (an empty or new Redis, which the
     registry cannot know about), starts at `end - ttl` (what Feast's first incremental run does).
     Returns a summary: `views` (name -> window), `seconds`, and from the engine, `runs`
-    (online.materialize_engine.ViewRun per view), `rows`, `written` and `kept`.
+    (online_store.materialize_engine.ViewRun per view), `rows`, `written` and `kept`.
     """
     started = time.perf_counter()
     engine = _engine(store)
@@ -68,7 +68,7 @@ def _engine(store):
     Feast builds the engine inside its provider; the provider is the only way to reach it, and
     the engine is where the row counts are.
     """
-    from online.materialize_engine import SkewlessRedisEngine
+    from online_store.materialize_engine import SkewlessRedisEngine
 
     engine = store._get_provider().batch_engine
     return engine if isinstance(engine, SkewlessRedisEngine) else None
@@ -81,7 +81,7 @@ def _engine(store):
 @click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=REPO_DIR, show_default=True)
 def materialize_command(end: str, lookback: float, full: bool, repo: Path) -> None:
     """Load the latest feature values into the Redis online store (incremental)."""
-    from online.redis_server import redis_for_feast
+    from online_store.redis_server import redis_for_feast
     from training.cli import parse_time
     from training.store import open_store
 

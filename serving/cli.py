@@ -22,11 +22,11 @@ import click
 def serve(host: str, port: int, workers: int, repo: Path | None, model_dir: Path | None, model_version: str | None, log_level: str) -> None:
     """Serve POST /predict and /predict/batch, GET /health, /ready, /metrics and /docs.
 
-    Other settings come from SKEWLESS_* environment variables (online/settings.py).
+    Other settings come from SKEWLESS_* environment variables (serving/settings.py).
     """
     import uvicorn
 
-    from online.redis_server import redis_for_feast
+    from online_store.redis_server import redis_for_feast
 
     # Workers read their settings from the environment when they start.
     for name, value in (("SKEWLESS_REPO_PATH", repo), ("SKEWLESS_MODEL_DIR", model_dir), ("SKEWLESS_MODEL_VERSION", model_version)):
@@ -42,7 +42,7 @@ def serve(host: str, port: int, workers: int, repo: Path | None, model_dir: Path
             click.echo(f"online store: redis {endpoint.host}:{endpoint.port} db {endpoint.db}", err=True)
             click.echo(f"serving on http://{host}:{port} ({workers} worker{'s' if workers > 1 else ''}); docs at /docs", err=True)
             uvicorn.run(
-                "online.app:create_app", factory=True, host=host, port=port, workers=workers,
+                "serving.app:create_app", factory=True, host=host, port=port, workers=workers,
                 loop="uvloop", http="httptools", log_level=log_level, access_log=False,  # /metrics has per-route counts
                 timeout_graceful_shutdown=30,
                 # uvicorn kills a worker that does not answer its ping within this; a worker

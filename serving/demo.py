@@ -25,8 +25,8 @@ from training.store import REPO_DIR
 def demo_online(repo: Path, count: int) -> None:
     """Materialize to now, serve, POST /predict for a few customers, then stop the service."""
     from batch.retrieval import active_customers
-    from online.materialize import materialize
-    from online.redis_server import free_port, redis_for_feast
+    from online_store.materialize import materialize
+    from online_store.redis_server import free_port, redis_for_feast
     from training.store import open_store
 
     with redis_for_feast() as endpoint:
@@ -38,7 +38,7 @@ def demo_online(repo: Path, count: int) -> None:
         port = free_port()
         env = dict(os.environ, SKEWLESS_REPO_PATH=str(repo))
         server = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "online.app:create_app", "--factory", "--port", str(port), "--log-level", "warning"],
+            [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--port", str(port), "--log-level", "warning"],
             env=env,
         )
         base = f"http://127.0.0.1:{port}"

@@ -2,7 +2,7 @@
 
 A request waits for Redis at most the socket timeout (times 1 + retries). That bounds one
 request, but when Redis hangs every request would wait it out in turn, and the feature read
-runs on the event loop (on purpose: see online/app.py), so /health would queue behind them.
+runs on the event loop (on purpose: see serving/app.py), so /health would queue behind them.
 After a failure the breaker is open for `cooldown_s`: requests fail at once with the last
 error. Then it lets one request through to try Redis again (half-open): success closes it,
 failure opens it for another cooldown. No restart, no background task.

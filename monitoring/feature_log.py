@@ -54,7 +54,7 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from online.metrics import ERRORS, FEATURE_LOG_DROPPED, FEATURE_LOG_WRITTEN
+from serving.metrics import ERRORS, FEATURE_LOG_DROPPED, FEATURE_LOG_WRITTEN
 from training.bundle import Bundle
 
 SCHEMA_VERSION = 1

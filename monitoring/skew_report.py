@@ -155,7 +155,7 @@ def since_filter(frame: pd.DataFrame, column: str, since: datetime | None) -> pd
 
 def build_report(store, bundle: Bundle, log_dir: Path, db_path: Path | None, since: datetime | None) -> dict:
     """Skew of logged requests against point-in-time retrieval, and drift against training."""
-    from online.feature_log import read_log
+    from monitoring.feature_log import read_log
     from training.dataset import KEYS, historical_features
     from training.score import score
 
@@ -201,7 +201,7 @@ def build_report(store, bundle: Bundle, log_dir: Path, db_path: Path | None, sin
 def skew_report_command(since, log_dir, db_path, version, model_dir, repo, max_mismatch, max_psi, chart) -> None:
     """Replay served requests through point-in-time retrieval; report skew and drift."""
     from batch.job import DEFAULT_DB
-    from online.settings import PROJECT_DIR, Settings
+    from serving.settings import PROJECT_DIR, Settings
     from training.bundle import DEFAULT_MODEL_DIR, BundleError, load_bundle
     from training.cli import parse_time
     from training.store import REPO_DIR, open_store

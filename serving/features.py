@@ -5,7 +5,7 @@ Two steps:
 1. Read the feature views behind the FeatureService from Feast's Redis online store, one HMGET
    per customer (Feast keeps all of a customer's views in one hash), and apply each view's TTL
    relative to the request time: a row that offline retrieval would null comes back as not
-   found. `RedisReader` reads Feast's layout as online/redis_layout.py describes it (keys and
+   found. `RedisReader` reads Feast's layout as online_store/redis_layout.py describes it (keys and
    fields derived from Feast's own functions) and decodes values as Feast's
    `OnlineResponse.to_dict` does.
 2. Run the registry's on-demand feature views on those values with `as_of` = request time:
@@ -14,7 +14,7 @@ Two steps:
    request data).
 
 Asking Feast for the FeatureService in one `get_online_features` call (request time passed as
-`as_of` in the entity rows, TTLs applied by online/ttl_store.py) computes the same thing, and
+`as_of` in the entity rows, TTLs applied by online_store/ttl_store.py) computes the same thing, and
 `via_feature_service` does exactly that; tests/test_online.py checks the two agree value for
 value. It is not the per-request path because most of its time goes into machinery around the
 reads: resolving the feature references in the registry on every call, building entity-key
@@ -43,8 +43,8 @@ from feast.value_type import ValueType
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from online.redis_layout import event_seconds, feature_field, int_key_layout, python_value, ts_field, view_name
-from online.ttl_store import ensure_ttl, read_time, ttl_seconds
+from online_store.redis_layout import event_seconds, feature_field, int_key_layout, python_value, ts_field, view_name
+from online_store.ttl_store import ensure_ttl, read_time, ttl_seconds
 from training.contract import resolve
 from training.dataset import REQUEST_TIME
 from training.store import open_store
@@ -74,7 +74,7 @@ def connect_store(repo_path: Path, connection: str | None, timeout_s: float, ret
 
     - Redis reads wait at most `timeout_s` and are retried `retries` times at once (redis-py's
       default is 3 retries with exponential backoff: seconds of waiting for a live request).
-    - Every read applies the views' TTLs (online/ttl_store.py), whatever the yaml says.
+    - Every read applies the views' TTLs (online_store/ttl_store.py), whatever the yaml says.
     - The registry is read once: the bundle's contract is verified against this snapshot, and
       a refresh on the request path (Feast's cache TTL) would cost a read of the registry
       database in some request and could change the features under a model loaded once.

@@ -18,7 +18,7 @@ does: the same instant it passes as `as_of`), else the wall clock at the read.
 Configure it in feature_store.yaml by class path:
 
     online_store:
-      type: online.ttl_store.TTLRedisOnlineStore
+      type: online_store.ttl_store.TTLRedisOnlineStore
       connection_string: ${SKEWLESS_REDIS}
 
 It is a mixin plus a two-line class, so it combines with another Redis store subclass (say one
@@ -26,7 +26,7 @@ with faster writes): `class FastTTLRedisOnlineStore(TTLReadMixin, FastRedisOnlin
 `FastTTLRedisOnlineStoreConfig` whose `type` is that class path (Feast finds the config class
 by appending `Config` to the store class name, in the same module).
 
-The service's own per-request read (online/features.py:RedisReader) applies the same rule.
+The service's own per-request read (serving/features.py:RedisReader) applies the same rule.
 
 Which read paths: Feast 0.67's `get_online_features` calls `_read_features_per_fv` (one Redis
 pipeline for all views), `get_online_features_async` calls `_read_features_per_fv_async`, and
@@ -49,7 +49,7 @@ from typing import Any, Literal
 from feast import FeatureView
 from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, _versioned_fv_name
 
-CLASS_PATH = "online.ttl_store.TTLRedisOnlineStore"
+CLASS_PATH = "online_store.ttl_store.TTLRedisOnlineStore"
 
 # The request time reads are relative to (None: the wall clock at the read).
 _READ_TIME: ContextVar[float | None] = ContextVar("skewless_ttl_read_time", default=None)
@@ -114,7 +114,7 @@ class TTLReadMixin:
         if ttls is None or feature_view not in ttls:
             raise RuntimeError(
                 f"{type(self).__name__}: Feast read feature view {feature_view!r} through a path that "
-                "online/ttl_store.py does not wrap, so its TTL cannot be applied; update TTLReadMixin "
+                "online_store/ttl_store.py does not wrap, so its TTL cannot be applied; update TTLReadMixin "
                 "for this Feast version"
             )
         now_s = _READ_TIME.get()
@@ -128,13 +128,13 @@ class TTLRedisOnlineStore(TTLReadMixin, RedisOnlineStore):
 class TTLRedisOnlineStoreConfig(RedisOnlineStoreConfig):
     """Same settings as Feast's `type: redis`; only the type names this class."""
 
-    type: Literal["online.ttl_store.TTLRedisOnlineStore"] = CLASS_PATH  # type: ignore[assignment]
+    type: Literal["online_store.ttl_store.TTLRedisOnlineStore"] = CLASS_PATH  # type: ignore[assignment]
 
 
 def ensure_ttl(store) -> str | None:
     """Make `store` read through a TTL-applying online store; a warning when the yaml did not.
 
-    With `type: online.ttl_store.TTLRedisOnlineStore` (or any TTLReadMixin store) in
+    With `type: online_store.ttl_store.TTLRedisOnlineStore` (or any TTLReadMixin store) in
     feature_store.yaml this only checks. With the stock `type: redis` it swaps in the TTL store
     for this process, so the service never serves a value past its TTL, and returns a warning:
     other readers of the same yaml (`feast serve`, notebooks) still do until the yaml names it.
@@ -148,7 +148,7 @@ def ensure_ttl(store) -> str | None:
         raise TypeError(
             f"online store {type(online).__module__}.{type(online).__name__} does not apply feature-view TTLs, "
             "so served features would differ from training; in feature_store.yaml use "
-            f"`type: {CLASS_PATH}`, or put online.ttl_store.TTLReadMixin first in your store's bases"
+            f"`type: {CLASS_PATH}`, or put online_store.ttl_store.TTLReadMixin first in your store's bases"
         )
     provider._online_store = TTLRedisOnlineStore()  # same config class and connection, reads with TTL
     return (

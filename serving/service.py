@@ -17,12 +17,12 @@ from datetime import datetime, timezone
 import numpy as np
 import redis
 
-from online.breaker import Breaker, StoreUnavailable
-from online.feature_log import FeatureLogger, Served
-from online.features import FeatureLookup, connect_store, redis_client
-from online.metrics import ERRORS, FEATURE_AGE, FEATURE_LOOKUP, MODEL, MODEL_INFO, MODEL_LOADS, ON_DEMAND, PREDICTIONS
-from online.schemas import Prediction
-from online.settings import Settings
+from serving.breaker import Breaker, StoreUnavailable
+from monitoring.feature_log import FeatureLogger, Served
+from serving.features import FeatureLookup, connect_store, redis_client
+from serving.metrics import ERRORS, FEATURE_AGE, FEATURE_LOOKUP, MODEL, MODEL_INFO, MODEL_LOADS, ON_DEMAND, PREDICTIONS
+from serving.schemas import Prediction
+from serving.settings import Settings
 from training.bundle import Bundle, load_bundle
 from training.score import score
 

@@ -1,6 +1,6 @@
 """A Feast batch engine that materializes Parquet feature views into Redis ~14x faster in 1/20 the memory.
 
-`feature_repo/feature_store.yaml` names it (`batch_engine: type: online.materialize_engine.
+`feature_repo/feature_store.yaml` names it (`batch_engine: type: online_store.materialize_engine.
 SkewlessRedisEngine`), so the stock `feast materialize` / `feast materialize-incremental` and
 `FeatureStore.materialize*` all run it; nothing else in the user's workflow changes. Feast's own
 readers (`get_online_features`, `feast serve`) read what it writes, because it writes Feast's
@@ -87,18 +87,18 @@ from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from feast.value_type import ValueType
 from pydantic import StrictInt, StrictStr
 
-from online.redis_layout import feature_field, int_key_layout, ts_field, view_name
+from online_store.redis_layout import feature_field, int_key_layout, ts_field, view_name
 from training.prefetch import prefetch
 from training.sql import ident, literal
 
-ENGINE_TYPE = "online.materialize_engine.SkewlessRedisEngine"
+ENGINE_TYPE = "online_store.materialize_engine.SkewlessRedisEngine"
 NULL_TIMESTAMP = np.iinfo(np.int64).min  # what Feast writes for a null UnixTimestamp (NaT as int)
 
 
 class SkewlessRedisEngineConfig(FeastConfigBaseModel):
     """`batch_engine:` options in feature_store.yaml (Feast finds this class by name)."""
 
-    type: Literal["online.materialize_engine.SkewlessRedisEngine"] = ENGINE_TYPE
+    type: Literal["online_store.materialize_engine.SkewlessRedisEngine"] = ENGINE_TYPE
     batch_rows: StrictInt = 16_384
     """Rows per Arrow batch from DuckDB; each batch is encoded and sent at once."""
     keys_per_call: StrictInt = 256

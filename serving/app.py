@@ -1,17 +1,17 @@
 """The online churn service: POST /predict with a customer ID, features from Redis through Feast.
 
-    uvicorn online.app:create_app --factory      (or `skewless serve`)
+    uvicorn serving.app:create_app --factory      (or `skewless serve`)
 
-The lifespan builds the service once per worker (online/service.py: store, verified bundle,
+The lifespan builds the service once per worker (serving/service.py: store, verified bundle,
 resolved features, feature log) and closes it on shutdown, which flushes the feature log.
-Routes are thin: validate (online/schemas.py), call `Service.predict`, shape the answer.
+Routes are thin: validate (serving/schemas.py), call `Service.predict`, shape the answer.
 
 Routes are `async def` and call the blocking feature read directly, on purpose. A request is
 ~1 ms of CPU-bound Python with one Redis round trip of ~0.1 ms; handing it to the threadpool
 (what a plain `def` route does) costs more than that round trip and adds GIL hand-offs, and
 concurrency on a multi-core machine comes from `--workers` anyway. What this gives up, an event
 loop free while Redis is slow, is covered by the bounded socket timeout and the breaker
-(online/breaker.py): a hung Redis costs one timeout per cooldown, not one per request.
+(serving/breaker.py): a hung Redis costs one timeout per cooldown, not one per request.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from online.breaker import StoreUnavailable
-from online.metrics import ERRORS, REQUESTS, render
-from online.schemas import BatchRequest, BatchResponse, ErrorResponse, Health, Prediction, PredictRequest, Readiness
-from online.service import Service, start
-from online.settings import Settings
+from serving.breaker import StoreUnavailable
+from serving.metrics import ERRORS, REQUESTS, render
+from serving.schemas import BatchRequest, BatchResponse, ErrorResponse, Health, Prediction, PredictRequest, Readiness
+from serving.service import Service, start
+from serving.settings import Settings
 
 log = logging.getLogger("skewless.online")
 
