@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from training.cli import parse_time
+from training.times import parse_time
 from training.store import REPO_DIR
 
 MAX_ID = 2**63 - 1
@@ -174,9 +174,14 @@ def _print_summary(s, db: Path, parquet_root: Path) -> None:
     click.echo(f"scored {s.customers:,} customers as of {s.as_of.isoformat()} with {s.model} (run {s.run_id})")
     click.echo("  by risk segment: " + ", ".join(f"{name} {count:,} ({count / n:.1%})" for name, count in _segments(s)))
     click.echo(
-        f"  missing features: {s.with_missing_features:,} customers with at least one missing input "
-        f"({s.without_any_features:,} with none at all); {s.with_unseen_category:,} with a category unseen in training (scored as missing)"
+        f"  missing features: {s.with_missing_features:,} customers with at least one missing input; "
+        f"{s.with_unseen_category:,} with a category unseen in training (scored as missing)"
     )
+    if s.not_found:
+        from batch.job import first_ids
+
+        click.echo(f"  not found: {len(s.not_found):,} customers have no features at the as-of time (not scored, as /predict answers 404): "
+                   f"{first_ids(s.not_found)}")
     secs = s.seconds
     retrieve = f"retrieve {secs.get('retrieve', 0):.2f}s"
     parts = [f"{k.split('.', 1)[1].replace('_', '-')} {v:.2f}s" for k, v in secs.items() if k.startswith("retrieve.")]
@@ -214,10 +219,11 @@ def _segments(s):
 def status(max_age: str, out_dir: Path | None, db_path: Path | None) -> None:
     """Newest run per model (as-of, scored-at, rows); exit 1 when older than --max-age or absent."""
     from batch.outputs import OutputError
-    from batch.status import check_freshness, parse_age
+    from batch.status import check_freshness
+    from training.times import parse_duration
 
     try:
-        limit = parse_age(max_age)
+        limit = parse_duration(max_age, "--max-age")
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     db, _ = _outputs(out_dir, db_path, None)

@@ -6,6 +6,11 @@ batch score for a customer at T is the score the model would have been trained o
 Customers go through in chunks of `chunk_rows` (retrieval runs one chunk ahead in a
 background thread; DuckDB and XGBoost release the GIL), so memory stays bounded at any
 customer count; outputs are staged and swapped in at the end (batch/outputs.py).
+
+The rules every path shares: a customer with no value from any feature view at T is not found
+(training/contract.py:found), as the service answers 404 for it: counted, listed in the
+summary, not scored. An as-of before a view's data starts is refused, since every customer
+would miss that view's features.
 """
 
 from __future__ import annotations
@@ -55,8 +60,8 @@ class BatchSummary:
     customers: int = 0
     by_segment: Counter = field(default_factory=Counter)
     with_missing_features: int = 0  # at least one model input missing (null)
-    without_any_features: int = 0  # every model input missing: no row in any view at T
     with_unseen_category: int = 0  # a category the model never saw (scored as missing)
+    not_found: list[int] = field(default_factory=list)  # asked for, but no feature-view value at T: not scored
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> busy seconds
     peak_rss_mb: dict[str, float] = field(default_factory=dict)  # stage -> peak RSS while it ran
     wall_seconds: float = 0.0
@@ -75,7 +80,7 @@ class BatchSummary:
             "customers": self.customers,
             "by_segment": dict(self.by_segment),
             "with_missing_features": self.with_missing_features,
-            "without_any_features": self.without_any_features,
+            "not_found": self.not_found,
             "with_unseen_category": self.with_unseen_category,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "peak_rss_mb": {k: round(v, 1) for k, v in self.peak_rss_mb.items()},
@@ -97,12 +102,13 @@ def check_as_of(store, contract, as_of: datetime) -> list[str]:
     if as_of > now:
         raise ValueError(f"--as-of {as_of.isoformat()} is in the future (now is {now.isoformat(timespec='seconds')}): scores can only use what is known")
     ranges = source_time_ranges(store, contract)
-    found = [r for r in ranges.values() if r is not None]
-    if not found:
-        raise ValueError("the feature views' sources hold no rows: run `skewless generate`")
-    first = min(lo for lo, _ in found)
-    if as_of < first:
-        raise ValueError(f"--as-of {as_of.isoformat()} is before any data (the sources start at {first.isoformat()})")
+    empty = [name for name, r in ranges.items() if r is None]
+    if empty:
+        raise ValueError(f"the source of {', '.join(empty)} holds no rows: run `skewless generate` (or load the source)")
+    late_start = max(ranges.items(), key=lambda item: item[1][0])
+    if as_of < late_start[1][0]:
+        raise ValueError(f"--as-of {as_of.isoformat()} is before the data of {late_start[0]}, which starts at "
+                         f"{late_start[1][0].isoformat()}: every customer would miss its features")
     warnings = []
     for view in contract.views:
         newest = ranges.get(view.name)
@@ -133,20 +139,26 @@ def prediction_table(ids: np.ndarray, scores, bundle: Bundle, as_of: datetime, s
     )
 
 
+def first_ids(ids: list[int], n: int = 10) -> str:
+    """`1, 2, 3 and 7 more`: a list of IDs for a one-line message."""
+    shown = ", ".join(str(i) for i in ids[:n])
+    return shown + (f" and {len(ids) - n:,} more" if len(ids) > n else "")
+
+
 def _cores() -> int:
     """CPUs this process may run on (the affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _count_inputs(bundle: Bundle, frame: pd.DataFrame) -> tuple[int, int, int]:
-    """(rows with a missing input, rows with no input at all, rows with an unseen category)."""
+def _count_inputs(bundle: Bundle, frame: pd.DataFrame) -> tuple[int, int]:
+    """(rows with a missing input, rows with an unseen category)."""
     missing = frame[bundle.feature_names].isna()
     unseen = np.zeros(len(frame), dtype=bool)
     for spec in bundle.features:
         if spec.is_categorical:
             col = frame[spec.name]
             unseen |= (col.notna() & ~col.isin(list(spec.categories or ()))).to_numpy()
-    return int(missing.any(axis=1).sum()), int(missing.all(axis=1).sum()), int(unseen.sum())
+    return int(missing.any(axis=1).sum()), int(unseen.sum())
 
 
 def run_batch(
@@ -198,12 +210,16 @@ def run_batch(
             with duckdb_memory_limited(store), contextlib.closing(frames):
                 for frame in frames:
                     with clock.stage("score"):
+                        processed = len(frame)
+                        found = contract.found(frame)
+                        if not found.all():
+                            summary.not_found += frame.loc[~found, "customer_id"].astype("int64").tolist()
+                            frame = frame[found]
                         s = score(bundle, frame)
                         chunk_ids = frame["customer_id"].to_numpy(dtype=np.int64)
                         table = prediction_table(chunk_ids, s, bundle, as_of_naive, scored_at, run_id)
-                        missing, empty, unseen = _count_inputs(bundle, frame)
+                        missing, unseen = _count_inputs(bundle, frame)
                         summary.with_missing_features += missing
-                        summary.without_any_features += empty
                         summary.with_unseen_category += unseen
                         segments, counts = np.unique(np.asarray(s.risk_segment, dtype=object).astype(str), return_counts=True)
                         summary.by_segment.update(dict(zip(segments.tolist(), counts.tolist())))
@@ -211,7 +227,10 @@ def run_batch(
                     with clock.stage("write"):
                         writer.write(table)
                     if progress:
-                        progress(len(chunk_ids))
+                        progress(processed)
+            if summary.customers == 0:
+                raise NothingToScore(f"nothing to score: none of the {len(ids):,} customers has features at {as_of.isoformat()} "
+                                     f"(not found: {first_ids(summary.not_found)})")
             with clock.stage("commit"):
                 writer.commit()
         except BaseException:

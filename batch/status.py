@@ -3,7 +3,6 @@ alerts) and a run's highest-risk customers (what `make demo` ends with)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -13,21 +12,6 @@ import pandas as pd
 from batch.outputs import TABLE, connect_db
 
 RUN_COLUMNS = ["model_name", "model_version", "as_of", "scored_at", "rows", "run_id"]
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_age(value: str) -> timedelta:
-    """A duration like 26h, 90m, 2d, 1d12h or 45s; ValueError with an example otherwise."""
-    text = value.strip().lower()
-    parts = re.findall(r"(\d+(?:\.\d+)?)([smhdw])", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"--max-age {value!r} is not a duration (e.g. 26h, 90m, 2d, 1d12h)")
-    age = timedelta(0)
-    for number, unit in parts:
-        age += timedelta(**{_UNITS[unit]: float(number)})
-    if age <= timedelta(0):
-        raise ValueError(f"--max-age {value!r} must be longer than zero")
-    return age
 
 
 def latest_runs(db_path: Path) -> pd.DataFrame:

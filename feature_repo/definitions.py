@@ -15,6 +15,10 @@ from feast.value_type import ValueType
 DATA = Path(__file__).parent / "data"
 OWNER = "ml-platform@skewless.dev"
 TAGS = {"team": "ml-platform", "domain": "churn"}
+# `cadence`: how often a view's source gets new rows, so how often it is materialized. The
+# online copy counts as stale (the service's /ready is 503) once its watermark is older than
+# two cadences: a missed run.
+DAILY = {**TAGS, "cadence": "1d"}
 
 customer = Entity(
     name="customer",
@@ -61,7 +65,7 @@ customer_profile = FeatureView(
     online=True,
     description="Latest billing profile of each customer.",
     owner=OWNER,
-    tags=TAGS,
+    tags=DAILY,
 )
 
 customer_activity = FeatureView(
@@ -85,7 +89,7 @@ customer_activity = FeatureView(
     online=True,
     description="Product usage of each customer as of the ETL's last run.",
     owner=OWNER,
-    tags=TAGS,
+    tags=DAILY,
 )
 
 scoring_request = RequestSource(

@@ -203,7 +203,7 @@ def skew_report_command(since, log_dir, db_path, version, model_dir, repo, max_m
     from batch.job import DEFAULT_DB
     from serving.settings import PROJECT_DIR, Settings
     from training.bundle import DEFAULT_MODEL_DIR, BundleError, load_bundle
-    from training.cli import parse_time
+    from training.times import parse_time
     from training.store import REPO_DIR, open_store
 
     store = open_store(repo or REPO_DIR)

@@ -67,7 +67,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Literal
@@ -87,6 +87,7 @@ from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from feast.value_type import ValueType
 from pydantic import StrictInt, StrictStr
 
+from online_store import watermark
 from online_store.redis_layout import feature_field, int_key_layout, ts_field, view_name
 from training.prefetch import prefetch
 from training.sql import ident, literal
@@ -137,22 +138,67 @@ class SkewlessRedisEngine(LocalComputeEngine):
         super().__init__(repo_config=repo_config, offline_store=offline_store, online_store=online_store)
         self.options = SkewlessRedisEngineConfig(**options)
         self.runs: list[ViewRun] = []  # this process's runs, read by `skewless materialize`
+        self.verbose = True  # a line per view on stderr (for the stock CLI); `skewless materialize` prints its own
 
     def _materialize_one(self, registry: BaseRegistry, task: MaterializationTask, **kwargs) -> LocalMaterializationJob:
         view = task.feature_view
         job_id = f"{view.name}-{task.start_time}-{task.end_time}"
-        plan = plan_view(self.repo_config, view, disable_event_timestamp=task.disable_event_timestamp)
+        config = self.repo_config
+        tracked = isinstance(config.online_store, RedisOnlineStoreConfig)
+        if tracked:  # the Redis's own watermark decides where the window must start (online_store/watermark.py)
+            client = self.online_store._get_client(config.online_store)  # Feast's own connection settings
+            keeper = WatermarkKeeper(client, task.project, watermark.registry_id(registry, task.project), view, view_name(view, config))
+            task = replace(task, start_time=keeper.start(_utc(task.start_time), _utc(task.end_time)))
+        plan = plan_view(config, view, disable_event_timestamp=task.disable_event_timestamp)
         if isinstance(plan, str):
             print(f"{view.name}: {plan}; using Feast's local engine", file=sys.stderr)
-            return super()._materialize_one(registry, task, **kwargs)
+            job = super()._materialize_one(registry, task, **kwargs)
+            if tracked and job.status() == MaterializationJobStatus.SUCCEEDED:
+                keeper.advance()
+            return job
         try:
-            client = self.online_store._get_client(self.repo_config.online_store)  # Feast's own connection settings
-            run = write_view(plan, client, task.start_time, task.end_time, self.options)
+            run = write_view(plan, self.online_store._get_client(config.online_store), task.start_time, task.end_time, self.options)
+            if tracked:
+                keeper.advance()
         except Exception as exc:  # Feast re-raises the job's error after restoring the view's state
             return LocalMaterializationJob(job_id=job_id, status=MaterializationJobStatus.ERROR, error=exc)
         self.runs.append(run)
-        print(run.summary(), file=sys.stderr)
+        if self.verbose:
+            print(run.summary(), file=sys.stderr)
         return LocalMaterializationJob(job_id=job_id, status=MaterializationJobStatus.SUCCEEDED)
+
+
+class WatermarkKeeper:
+    """One view's watermark in one Redis, for one materialization run.
+
+    `start` widens the run's window so it leaves no gap in what this Redis holds: from the
+    watermark when it is earlier than the window's start (the registry's last end is later than
+    what this Redis holds: a flushed or replaced Redis, an interrupted run), from the view's full
+    TTL window when there is no watermark that counts. `advance`, called after Redis has
+    acknowledged every write, moves the watermark to the run's end, but never past the moment
+    the run started reading: rows that arrive later are picked up by the next run's window.
+    """
+
+    def __init__(self, client, project: str, registry: str, view, name: str):
+        self.client, self.project, self.registry, self.view, self.name = client, project, registry, view, name
+        self.end: datetime | None = None
+        self.read_at: datetime | None = None
+
+    def start(self, start: datetime, end: datetime) -> datetime:
+        marks = watermark.read_all(self.client, self.project)
+        mark = watermark.held(marks, self.name, self.view, self.registry)
+        floor = mark.end if mark is not None else watermark.full_window_start(self.view, end)
+        if start > floor:
+            why = f"Redis holds it up to {floor:%Y-%m-%d %H:%M:%S} UTC" if mark is not None else watermark.why_not_held(marks, self.name, self.view, self.registry)
+            print(f"{self.view.name}: {why}: loading from {floor:%Y-%m-%d %H:%M:%S} UTC instead of {start:%Y-%m-%d %H:%M:%S}", file=sys.stderr)
+            start = floor
+        self.end, self.read_at = end, datetime.now(timezone.utc)
+        return start
+
+    def advance(self) -> None:
+        mark = watermark.Watermark(self.name, min(self.end, self.read_at), self.registry, self.project,
+                                   watermark.definition(self.view), datetime.now(timezone.utc))
+        watermark.advance(self.client, self.project, mark)
 
 
 # --- what to read and how to write it ------------------------------------------------------
@@ -253,12 +299,27 @@ def latest_rows(plan: ViewPlan, start: datetime, end: datetime, batch_rows: int,
     con = duckdb.connect(config={"memory_limit": memory_limit, "preserve_insertion_order": False, "temp_directory": spill})
     many = plan.path.endswith("*.parquet")
     src = f"read_parquet({literal(plan.path)}, file_row_number = true{', filename = true' if many else ''})"
-    key, ts = ident(plan.join_key), ident(plan.timestamp)
+    key = ident(plan.join_key)
+    # Timestamps as TIMESTAMPTZ: pandas writes nanosecond (and often naive) Parquet timestamps,
+    # which DuckDB will not compare with a TIMESTAMPTZ parameter; naive ones are UTC, as in Feast.
+    # A column that already is TIMESTAMPTZ is used as it is, so Parquet statistics still prune.
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        types = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet({literal(plan.path)}))").fetchall())
+    except BaseException:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
+        raise
+
+    def as_tz(column: str) -> str:
+        return ident(column) if types.get(column) == "TIMESTAMP WITH TIME ZONE" else f"CAST({ident(column)} AS TIMESTAMPTZ)"
+
+    ts = as_tz(plan.timestamp)
     params = {"start": _utc(start), "end": _utc(end)}
     window = f"{ts} >= $start AND {ts} <= $end"
     order = [f"-epoch_us({ts})"]
     if plan.created:
-        created = ident(plan.created)
+        created = as_tz(plan.created)
         params["late_floor"] = _utc(end - plan.ttl) if plan.ttl else datetime(1, 1, 1, tzinfo=timezone.utc)
         window = f"{ts} <= $end AND ({ts} >= $start OR ({created} >= $start AND {created} <= $end AND {ts} >= $late_floor))"
         order.append(f"coalesce(-epoch_us({created}), 9223372036854775807)")
@@ -266,11 +327,10 @@ def latest_rows(plan: ViewPlan, start: datetime, end: datetime, batch_rows: int,
     by = "(" + ", ".join(order + position) + ")"
     began = time.perf_counter()
     winners = ", ".join(f"arg_min({p}, {by}) AS {p}" for p in position)
-    columns = ", ".join([f"CAST(s.{key} AS BIGINT) AS k", f"s.{ts} AS ts"]
+    columns = ", ".join([f"CAST(s.{key} AS BIGINT) AS k", f"CAST(s.{ident(plan.timestamp)} AS TIMESTAMPTZ) AS ts"]
                         + [f"CAST(s.{ident(f)} AS {DUCKDB_TYPES[vt]}) AS {ident(f)}" for f, vt in plan.features])
     match = " AND ".join(f"s.{p} = l.{p}" for p in position)
     try:
-        con.execute("SET TimeZone = 'UTC'")  # naive source timestamps are UTC, as in Feast
         con.execute(f"CREATE TEMP TABLE latest AS SELECT {winners} FROM {src} WHERE {window} GROUP BY {key}", params)
         rows = con.execute("SELECT count(*) FROM latest").fetchall()[0][0]
         reader = con.sql(f"SELECT {columns} FROM {src} s SEMI JOIN latest l ON {match}").to_arrow_reader(batch_rows)

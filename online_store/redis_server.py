@@ -1,20 +1,29 @@
-"""Find a reachable Redis, or start a throwaway `redis-server` on a free loopback port.
+"""The Redis a command uses: the one the user named, or a throwaway `redis-server`.
 
-Commands that need the online store call `redis_for_feast()`: it uses REDIS_URL (or Feast's
-connection string in SKEWLESS_REDIS) when that answers, otherwise starts a private server that
-keeps nothing on disk and stops it afterwards. Either way it exports SKEWLESS_REDIS, the
-variable `feature_repo/feature_store.yaml` reads, so Feast talks to the same server.
+Commands that need the online store call `redis_for_feast()`. When the user names a Redis
+(REDIS_URL, or Feast's connection string in SKEWLESS_REDIS), that Redis is used and nothing
+else: if it does not answer, `skewless materialize` fails with one line and `skewless serve`
+starts not ready (its /ready says why) and recovers when the Redis answers. Replacing it with
+an empty one would be a silent wrong answer: a readiness probe would send traffic to a service
+that knows no customer. Only when no Redis is named (the demo, the tests) is a private server
+started on a free loopback port; it keeps nothing on disk and is stopped on every way out: a
+normal exit, an error, Ctrl-C, SIGTERM (what systemd, Docker and Kubernetes send), and, through
+the kernel's parent-death signal, even a SIGKILL of the command. Either way SKEWLESS_REDIS, the
+variable `feature_repo/feature_store.yaml` reads, is exported so Feast talks to the same server.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -96,52 +105,107 @@ def configured_endpoint() -> RedisEndpoint | None:
     return None
 
 
+def store_client(store) -> redis.Redis:
+    """The redis-py client inside a FeatureStore's Redis online store (Feast's own connection settings)."""
+    return store._get_provider().online_store._get_client(store.config.online_store)
+
+
+def configured_by() -> str:
+    """Which variable named the Redis in use (for messages)."""
+    return "REDIS_URL" if os.environ.get("REDIS_URL") else REDIS_ENV
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask the kernel for SIGTERM when the parent dies (Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent's own cleanup still stops it
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Inside the block, SIGTERM raises SystemExit(143) in the main thread, so `finally` clauses
+    (stopping a throwaway Redis, removing its directory) run as they do for Ctrl-C.
+
+    Servers that handle SIGTERM themselves (uvicorn) put their handler in place while they run
+    and, when they are done, raise the signal again under this one; a handler someone else set
+    before is left alone.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def throwaway_redis(port: int | None = None) -> Iterator[RedisEndpoint]:
-    """A private `redis-server` on 127.0.0.1 that keeps nothing on disk; stopped on exit."""
+    """A private `redis-server` on 127.0.0.1 that keeps nothing on disk; stopped on every exit."""
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RedisUnavailable(f"no Redis reachable and redis-server is not installed: {INSTALL_HINT}")
+        raise RedisUnavailable(f"no Redis named and redis-server is not installed: {INSTALL_HINT}")
     port = port or free_port()
-    workdir = tempfile.mkdtemp(prefix="skewless-redis-")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir, "--protected-mode", "yes"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = RedisEndpoint("127.0.0.1", port)
-    try:
-        deadline = time.monotonic() + 10
-        while not endpoint.ping():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RedisUnavailable(f"redis-server did not start on 127.0.0.1:{port}")
-            time.sleep(0.02)
-        yield endpoint
-    finally:
-        proc.terminate()
+    with sigterm_unwinds():
+        workdir = tempfile.mkdtemp(prefix="skewless-redis-")
         try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+            proc = subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", workdir, "--protected-mode", "yes"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        endpoint = RedisEndpoint("127.0.0.1", port)
+        try:
+            deadline = time.monotonic() + 10
+            while not endpoint.ping():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RedisUnavailable(f"redis-server did not start on 127.0.0.1:{port}")
+                time.sleep(0.02)
+            yield endpoint
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def redis_for_feast() -> Iterator[RedisEndpoint]:
-    """The configured Redis if it answers, else a throwaway one; exported for Feast meanwhile."""
+def redis_for_feast(must_answer: bool = True) -> Iterator[RedisEndpoint]:
+    """The Redis the user named, or a throwaway one when none is named; exported for Feast meanwhile.
+
+    A named Redis that does not answer raises RedisUnavailable (one line, no secret in it) when
+    `must_answer`; otherwise it is used as it is, for a service that waits for it.
+    """
     endpoint = configured_endpoint()
     with contextlib.ExitStack() as stack:
-        if endpoint is None or not endpoint.ping():
-            if endpoint is not None:
-                print(f"redis {endpoint.host}:{endpoint.port} does not answer: using a throwaway redis-server", file=sys.stderr)
+        if endpoint is None:
             endpoint = stack.enter_context(throwaway_redis())
+        elif must_answer and not endpoint.ping():
+            raise RedisUnavailable(
+                f"redis {endpoint.host}:{endpoint.port} (named by {configured_by()}) does not answer: "
+                f"start it, fix {configured_by()}, or unset it to use a throwaway redis-server"
+            )
         previous = os.environ.get(REDIS_ENV)
         os.environ[REDIS_ENV] = endpoint.feast
         try:

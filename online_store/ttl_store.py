@@ -28,6 +28,15 @@ by appending `Config` to the store class name, in the same module).
 
 The service's own per-request read (serving/features.py:RedisReader) applies the same rule.
 
+An on-demand view stored in Redis (`write_to_online_store=True`) has no TTL of its own: its rows
+carry the event time of the source rows they were computed from, and offline retrieval nulls a
+source past its TTL, so a stored row holds for the smallest TTL among its sources (read from the
+registry once per process, and again when a view is not known yet).
+
+The connection string comes from `${SKEWLESS_REDIS}`; when that is unset (the stock CLI run
+without it), the first use fails with one line naming the variable instead of Feast's
+`KeyError: 'port'`.
+
 Which read paths: Feast 0.67's `get_online_features` calls `_read_features_per_fv` (one Redis
 pipeline for all views), `get_online_features_async` calls `_read_features_per_fv_async`, and
 direct callers use `online_read` / `online_read_async`. All four end in
@@ -46,6 +55,7 @@ from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Literal
 
+import click
 from feast import FeatureView
 from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, _versioned_fv_name
 
@@ -73,6 +83,26 @@ def ttl_seconds(view: FeatureView) -> float:
     return view.ttl.total_seconds() if view.ttl else 0.0
 
 
+def smallest_ttl_seconds(ttls: Iterable[float]) -> float:
+    """The TTL of rows derived from several sources: the smallest that expires (0 when none does)."""
+    expiring = [t for t in ttls if t > 0]
+    return min(expiring) if expiring else 0.0
+
+
+class OnlineStoreNotConfigured(click.ClickException, ValueError):
+    """The Redis connection is not set; a one-line error for the stock `feast` CLI too
+    (click prints a ClickException as `Error: ...`), and a ValueError for Python callers."""
+
+
+def check_connection_string(connection_string: str) -> None:
+    """Refuse an empty connection string or one whose `${VAR}` was not set."""
+    if not connection_string.strip() or "${" in connection_string:
+        raise OnlineStoreNotConfigured(
+            f"the Redis online store has no address (feature_store.yaml gives {connection_string!r}): "
+            "export SKEWLESS_REDIS=host:port (e.g. 127.0.0.1:6379), or REDIS_URL for skewless commands"
+        )
+
+
 def drop_expired(rows: list[tuple[Any, Any]], ttl_s: float, now_s: float) -> list[tuple[Any, Any]]:
     """(event_ts, values) rows with every row past the TTL replaced by (None, None): not found."""
     if ttl_s <= 0:
@@ -80,32 +110,53 @@ def drop_expired(rows: list[tuple[Any, Any]], ttl_s: float, now_s: float) -> lis
     return [(None, None) if ts is not None and ts.timestamp() + ttl_s < now_s else (ts, values) for ts, values in rows]
 
 
-@contextmanager
-def _views(config, tables: Iterable[FeatureView]) -> Iterator[None]:
-    token = _VIEW_TTLS.set({_versioned_fv_name(t, config): ttl_seconds(t) for t in tables})
-    try:
-        yield
-    finally:
-        _VIEW_TTLS.reset(token)
-
-
 class TTLReadMixin:
     """Put first in the bases of a RedisOnlineStore (sub)class to apply view TTLs on every read."""
 
+    _source_ttls: dict[str, float] | None = None  # feature view name -> TTL s, for stored on-demand views
+
+    def _get_client(self, online_store_config):
+        check_connection_string(online_store_config.connection_string)
+        return super()._get_client(online_store_config)
+
+    async def _get_client_async(self, online_store_config):
+        check_connection_string(online_store_config.connection_string)
+        return await super()._get_client_async(online_store_config)
+
+    def _ttl(self, config, table) -> float:
+        if hasattr(table, "ttl"):
+            return ttl_seconds(table)
+        # an on-demand view written to the online store: the smallest TTL of its sources
+        sources = [p.name for p in table.source_feature_view_projections.values()]
+        if self._source_ttls is None or any(name not in self._source_ttls for name in sources):
+            from feast import FeatureStore
+
+            views = FeatureStore(repo_path=str(config.repo_path), config=config).list_feature_views()
+            self._source_ttls = {v.name: ttl_seconds(v) for v in views}
+        return smallest_ttl_seconds(self._source_ttls.get(name, 0.0) for name in sources)
+
+    @contextmanager
+    def _views(self, config, tables: Iterable) -> Iterator[None]:
+        token = _VIEW_TTLS.set({_versioned_fv_name(t, config): self._ttl(config, t) for t in tables})
+        try:
+            yield
+        finally:
+            _VIEW_TTLS.reset(token)
+
     def online_read(self, config, table, entity_keys, requested_features=None):
-        with _views(config, [table]):
+        with self._views(config, [table]):
             return super().online_read(config, table, entity_keys, requested_features)
 
     async def online_read_async(self, config, table, entity_keys, requested_features=None):
-        with _views(config, [table]):
+        with self._views(config, [table]):
             return await super().online_read_async(config, table, entity_keys, requested_features)
 
     def _read_features_per_fv(self, config, grouped_refs, *args, **kwargs):
-        with _views(config, [table for table, _ in grouped_refs]):
+        with self._views(config, [table for table, _ in grouped_refs]):
             return super()._read_features_per_fv(config, grouped_refs, *args, **kwargs)
 
     async def _read_features_per_fv_async(self, config, grouped_refs, *args, **kwargs):
-        with _views(config, [table for table, _ in grouped_refs]):
+        with self._views(config, [table for table, _ in grouped_refs]):
             return await super()._read_features_per_fv_async(config, grouped_refs, *args, **kwargs)
 
     def _convert_redis_values_to_protobuf(self, redis_values, feature_view, requested_features):

@@ -33,7 +33,7 @@ from starlette.responses import Response
 from serving.breaker import StoreUnavailable
 from serving.metrics import ERRORS, REQUESTS, render
 from serving.schemas import BatchRequest, BatchResponse, ErrorResponse, Health, Prediction, PredictRequest, Readiness
-from serving.service import Service, start
+from serving.service import STORE_ERRORS, Service, start
 from serving.settings import Settings
 
 log = logging.getLogger("skewless.online")
@@ -188,7 +188,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/ready", response_model=Readiness, response_model_exclude_none=True, tags=["operations"],
              responses={503: {"model": Readiness, "description": "Not ready, with the reason."}})
     async def ready(request: Request):
-        """Model loaded and Redis answering (readiness)."""
+        """Model loaded, Redis answering, and every feature view the model needs loaded in this Redis and fresh (readiness)."""
         service: Service | None = getattr(request.app.state, "service", None)
         if service is None:
             return JSONResponse({"ready": False, "reason": "model not loaded"}, status_code=503)
@@ -198,8 +198,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Readiness(ready=True, model=f"{service.bundle.name}/{service.bundle.version}")
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
         """Prometheus metrics (all workers' when served with --workers > 1)."""
+        service: Service | None = getattr(request.app.state, "service", None)
+        if service is not None:
+            try:
+                service.freshness()  # the watermark ages, read from Redis at the scrape
+            except STORE_ERRORS:
+                pass  # Redis down: /ready says so; the gauges keep their last values
         body, content_type = render()
         return Response(body, media_type=content_type)
 

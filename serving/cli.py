@@ -38,8 +38,9 @@ def serve(host: str, port: int, workers: int, repo: Path | None, model_dir: Path
         metrics_dir = tempfile.mkdtemp(prefix="skewless-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        with redis_for_feast() as endpoint:
-            click.echo(f"online store: redis {endpoint.host}:{endpoint.port} db {endpoint.db}", err=True)
+        with redis_for_feast(must_answer=False) as endpoint:  # a named Redis that is down: not ready until it answers
+            state = "" if endpoint.ping() else " (not answering yet: /ready is 503 until it does)"
+            click.echo(f"online store: redis {endpoint.host}:{endpoint.port} db {endpoint.db}{state}", err=True)
             click.echo(f"serving on http://{host}:{port} ({workers} worker{'s' if workers > 1 else ''}); docs at /docs", err=True)
             uvicorn.run(
                 "serving.app:create_app", factory=True, host=host, port=port, workers=workers,

@@ -43,6 +43,7 @@ from feast.value_type import ValueType
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from online_store.redis_server import store_client
 from online_store.redis_layout import event_seconds, feature_field, int_key_layout, python_value, ts_field, view_name
 from online_store.ttl_store import ensure_ttl, read_time, ttl_seconds
 from training.contract import resolve
@@ -64,11 +65,6 @@ def with_timeouts(connection_string: str, timeout_s: float) -> str:
     return ",".join(parts)
 
 
-def redis_client(store: FeatureStore) -> redis.Redis:
-    """The redis-py client inside the store's Redis online store (created on first use)."""
-    return store._get_provider().online_store._get_client(store.config.online_store)
-
-
 def connect_store(repo_path: Path, connection: str | None, timeout_s: float, retries: int) -> tuple[FeatureStore, str | None]:
     """The FeatureStore as the service uses it; also a warning about the yaml, if any.
 
@@ -85,7 +81,7 @@ def connect_store(repo_path: Path, connection: str | None, timeout_s: float, ret
     config.connection_string = with_timeouts(connection or config.connection_string, timeout_s)
     warning = ensure_ttl(store)
     store.registry.cached_registry_proto_ttl = timedelta(0)  # 0 = never expires (CachingRegistry)
-    redis_client(store).set_retry(Retry(NoBackoff(), retries))
+    store_client(store).set_retry(Retry(NoBackoff(), retries))
     return store, warning
 
 
@@ -94,7 +90,7 @@ class Lookup:
     """Features of n customers at one request time."""
 
     values: dict[str, list[Any]]  # the FeatureService's features, in its order; one entry per customer
-    found: list[bool]  # False: no row of any view in the online store (after TTL)
+    found: list[bool]  # False: no value from any feature view at the request time (training/contract.py:found)
     view_ts: dict[str, list[float]]  # per view: event time (unix s) of the row used, 0 when none
     read_s: float  # Redis read, TTLs applied
     transform_s: float  # on-demand transform
@@ -141,7 +137,7 @@ class RedisReader:
             name = view_name(view, store.config)
             views.append(_ViewRead(view.name, list(feats), ttl_seconds(view), len(fields)))
             fields += [feature_field(name, f) for f in feats] + [ts_field(name)]
-        return cls(redis_client(store), layout, views, fields)
+        return cls(store_client(store), layout, views, fields)
 
     def read(self, customer_ids: list[int], now_s: float, into: dict[str, list[Any]]) -> dict[str, list[float]]:
         """Put each view's features (one value per customer, None where missing) into `into`;
@@ -182,6 +178,7 @@ class FeatureLookup:
 
     def __init__(self, store: FeatureStore, service_name: str, entity_key: str = "customer_id"):
         contract = resolve(store, service_name)
+        self.contract = contract
         self.store = store
         self.entity_key = entity_key
         self.names = contract.features
@@ -207,7 +204,7 @@ class FeatureLookup:
         for odfv in self.odfvs:
             values.update(odfv.transform_dict(self._odfv_inputs(odfv, values)))
         t2 = time.perf_counter()
-        return Lookup({name: values[name] for name in self.names}, _found(view_ts, n), view_ts, t1 - t0, t2 - t1)
+        return Lookup({name: values[name] for name in self.names}, self.contract.found(values).tolist(), view_ts, t1 - t0, t2 - t1)
 
     def _odfv_inputs(self, odfv: OnDemandFeatureView, values: dict[str, list[Any]]) -> dict[str, list[Any]]:
         """What Feast hands the view: join key, request data, features of its declared sources."""
@@ -231,11 +228,7 @@ class FeatureLookup:
         for proj in self.service.feature_view_projections:
             if proj.name in self.view_features and proj.features:
                 view_ts[proj.name] = raw[proj.features[0].name + TS_SUFFIX]
-        return Lookup({name: raw[name] for name in self.names}, _found(view_ts, n), view_ts, t1 - t0, 0.0)
-
-
-def _found(view_ts: dict[str, list[float]], n: int) -> list[bool]:
-    return [any(ts[i] for ts in view_ts.values()) for i in range(n)]
+        return Lookup({name: raw[name] for name in self.names}, self.contract.found(raw).tolist(), view_ts, t1 - t0, 0.0)
 
 
 def features_to_read(service, odfvs: list[OnDemandFeatureView]) -> dict[str, list[str]]:

@@ -45,6 +45,11 @@ FEATURE_LOG_WRITTEN = Counter("skewless_feature_log_rows_written_total", "Served
 FEATURE_LOG_DROPPED = Counter(
     "skewless_feature_log_dropped_total", "Served rows not logged: the in-memory buffer was full or a write failed."
 )
+FEATURE_WATERMARK_AGE = Gauge(
+    "skewless_feature_watermark_age_seconds",
+    "Per feature view: now - the time up to which the online store holds it (its watermark); -1 when it holds none that counts.",
+    ["view"], multiprocess_mode="mostrecent",
+)
 MODEL_LOADS = Counter("skewless_model_loads_total", "Model bundles loaded (once per worker start).")
 MODEL_INFO = Gauge(
     "skewless_model_info", "The bundle being served (value 1).", ["model_name", "model_version", "feature_service"],

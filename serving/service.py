@@ -4,6 +4,12 @@
 read once), loads the bundle through `load_bundle(..., store=store)` (refusing one whose
 contract no longer matches the registry), resolves the FeatureService and starts the feature
 log. `Service.predict` is lookup -> `training.score.score` -> log, with metrics.
+
+Readiness tells the truth about the data, not only the process: Redis must answer, and every
+feature view the bundle needs must have a watermark in *this* Redis (online_store/watermark.py)
+from this registry, no older than its freshness budget. A new, flushed or foreign Redis, or a
+materialization schedule that stopped, is a 503 with the reason, not a service that answers
+404 or stale features to every request.
 """
 
 from __future__ import annotations
@@ -19,8 +25,21 @@ import redis
 
 from serving.breaker import Breaker, StoreUnavailable
 from monitoring.feature_log import FeatureLogger, Served
-from serving.features import FeatureLookup, connect_store, redis_client
-from serving.metrics import ERRORS, FEATURE_AGE, FEATURE_LOOKUP, MODEL, MODEL_INFO, MODEL_LOADS, ON_DEMAND, PREDICTIONS
+from serving.features import FeatureLookup, connect_store
+from online_store import watermark
+from online_store.redis_layout import view_name
+from online_store.redis_server import store_client
+from serving.metrics import (
+    ERRORS,
+    FEATURE_AGE,
+    FEATURE_LOOKUP,
+    FEATURE_WATERMARK_AGE,
+    MODEL,
+    MODEL_INFO,
+    MODEL_LOADS,
+    ON_DEMAND,
+    PREDICTIONS,
+)
 from serving.schemas import Prediction
 from serving.settings import Settings
 from training.bundle import Bundle, load_bundle
@@ -37,6 +56,22 @@ class ServiceMetrics:
         self.ok = PREDICTIONS.labels(outcome="ok")
         self.not_found = PREDICTIONS.labels(outcome="not_found")
         self.feature_age = {view: FEATURE_AGE.labels(view=view) for view in views}
+        self.watermark_age = {view: FEATURE_WATERMARK_AGE.labels(view=view) for view in views}
+
+
+@dataclass
+class Watched:
+    """The feature views the bundle needs, as the online store's watermarks name them, with budgets."""
+
+    project: str
+    registry: str  # the registry's identity (project UUID) the watermarks must carry
+    views: list[tuple[str, object, object]]  # (name in Redis, FeatureView, budget timedelta or None)
+
+    @classmethod
+    def for_lookup(cls, store, lookup: FeatureLookup, max_lag: str | None) -> "Watched":
+        every, per_view = watermark.parse_budgets(max_lag)
+        views = [(view_name(v, store.config), v, watermark.budget(v, per_view.get(v.name, every))) for v, _ in lookup.reads]
+        return cls(store.project, watermark.registry_id(store.registry, store.project), views)
 
 
 @dataclass
@@ -48,6 +83,7 @@ class Service:
     breaker: Breaker
     feature_log: FeatureLogger | None
     metrics: ServiceMetrics
+    watched: Watched
 
     def predict(self, customer_ids: list[int], include_features: bool = False) -> list[Prediction]:
         """Predictions for `customer_ids` at this instant, in request order (not_found slots included).
@@ -111,14 +147,23 @@ class Service:
         return out
 
     def ready(self) -> str | None:
-        """None when the service can answer; else the reason (for /ready's 503)."""
+        """None when the service can answer with the features training would see; else the reason (/ready's 503)."""
         try:
-            redis_client(self.store).ping()
+            freshness = self.freshness()
         except STORE_ERRORS as exc:
             ERRORS.labels(kind="online_store").inc()
             return f"{self.breaker.what} not answering: {type(exc).__name__}: {exc}"
         self.breaker.success()  # Redis answers: let requests through at once
-        return None
+        return "; ".join(freshness.problems) or None
+
+    def freshness(self) -> watermark.Freshness:
+        """The watermarks of the views the bundle needs, read from Redis now; sets the age gauges."""
+        client = store_client(self.store)
+        marks = watermark.read_all(client, self.watched.project)
+        result = watermark.check(marks, self.watched.views, self.watched.registry, datetime.now(timezone.utc))
+        for view, age in result.ages.items():
+            self.metrics.watermark_age[view].set(-1 if age is None else age)
+        return result
 
     def close(self) -> None:
         if self.feature_log is not None:
@@ -153,7 +198,8 @@ def start(settings: Settings) -> Service:
             settings.feature_log_dir, bundle, settings.feature_log_max_rows, settings.feature_log_flush_s,
             settings.feature_log_rotate_rows, settings.feature_log_rotate_s,
         )
-    service = Service(settings, store, bundle, lookup, breaker, feature_log, ServiceMetrics(list(lookup.view_features)))
+    watched = Watched.for_lookup(store, lookup, settings.feature_max_lag)
+    service = Service(settings, store, bundle, lookup, breaker, feature_log, ServiceMetrics(list(lookup.view_features)), watched)
     _warm_up(service)
     # Everything loaded so far (Feast, the registry, pandas, the model: ~270k objects) lives as
     # long as the worker. Moved out of the collector's reach, a full collection under load takes

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(0.2, gt=0, description="Socket connect/read timeout per Redis command.")
     redis_retries: int = Field(1, ge=0, description="Immediate retries of a failed Redis command (a dropped idle connection).")
     redis_cooldown_s: float = Field(1.0, ge=0, description="After a Redis failure, answer 503 at once for this long, then try again.")
+    feature_max_lag: str | None = Field(
+        None, description="Freshness budget of the online features: `36h` for every view, or `customer_activity=36h,customer_profile=3d`; "
+        "default 2 x each view's `cadence` tag. /ready is 503 while a view's watermark is older.")
     max_body_bytes: int = Field(256 * 1024, gt=0, description="Larger request bodies get 413 (1,000 IDs take ~20 KB).")
     feature_log: bool = Field(True, description="Log what was served (Parquet under feature_log_dir).")
     feature_log_dir: Path = Field(PROJECT_DIR / "data" / "feature_log", description="Feature-log root (date=YYYY-MM-DD/part-*.parquet).")

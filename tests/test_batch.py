@@ -252,10 +252,14 @@ def test_batch_retrieval_equals_training_on_every_edge_case(edge_repo, small_bun
     assert f.loc[12, "plan"] == "business" and f.loc[13, "plan"] == "basic"
     assert f.loc[1, "tenure_days"] == 400.0  # whole seconds: the signup's microseconds do not count
 
-    # scores: the run writes exactly the shared function's score of training's features
-    job.run_batch(store, bundle, T, ids, tmp_path / "p.duckdb", tmp_path / "p", chunk_rows=4)
-    probabilities = db_rows(tmp_path / "p.duckdb")["churn_probability"].to_numpy()
-    assert np.array_equal(probabilities, score(bundle, training).probability)
+    # scores: the run writes exactly the shared function's score of training's features, for every
+    # customer with features at T; the one with no row anywhere is not found, as online (404)
+    summary = job.run_batch(store, bundle, T, ids, tmp_path / "p.duckdb", tmp_path / "p", chunk_rows=4)
+    assert summary.not_found == [11] and summary.customers == len(EDGE_CASES) - 1
+    written = db_rows(tmp_path / "p.duckdb")
+    known = training[training["customer_id"] != 11]
+    assert written["customer_id"].tolist() == known["customer_id"].tolist()
+    assert np.array_equal(written["churn_probability"].to_numpy(), score(bundle, known).probability)
 
 
 # --- atomic runs -------------------------------------------------------------------------
@@ -357,6 +361,21 @@ def test_ids_file_duplicates_are_scored_once(small_repo, small_bundle, out, tmp_
     assert db_rows(out["db"])["customer_id"].tolist() == [5, 7, 9]
 
 
+def test_unknown_customers_are_not_found_and_not_scored(small_repo, small_bundle, out, tmp_path):
+    """The service answers 404 for a customer with no features; batch reports it the same way."""
+    ids = tmp_path / "ids.txt"
+    ids.write_text("5\n999999999\n7\n")
+    r = run_cli(small_repo, small_bundle, out, "--as-of", AS_OF.isoformat(), "--customers", str(ids))
+    assert r.exit_code == 0, r.output
+    assert "scored 2 customers" in r.output and "not found: 1 customers have no features" in r.output and "999999999" in r.output
+    assert db_rows(out["db"])["customer_id"].tolist() == [5, 7]
+    ids.write_text("999999999\n888888888\n")
+    r = run_cli(small_repo, small_bundle, out, "--as-of", AS_OF.isoformat(), "--customers", str(ids))
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
+    assert "none of the 2 customers has features" in r.output and "999999999" in r.output
+    assert db_rows(out["db"])["customer_id"].tolist() == [5, 7]  # the failed run changed nothing
+
+
 def _bad(tmp_path, small_bundle) -> dict[str, tuple[list[str], str]]:
     junk = tmp_path / "junk.txt"
     junk.write_text("5\nseven\n-3\n9\n12345678901234567890\n")
@@ -367,7 +386,8 @@ def _bad(tmp_path, small_bundle) -> dict[str, tuple[list[str], str]]:
     return {
         "unknown model": (["--model", "nope"], "no model version 'nope'"),
         "future": (["--as-of", "2099-01-01T00:00:00Z"], "is in the future"),
-        "before data": (["--as-of", "2001-01-01T00:00:00Z"], "is before any data"),
+        "before data": (["--as-of", "2001-01-01T00:00:00Z"], "is before the data of"),
+        "before a view's data": (["--as-of", "2025-01-01T00:00:00Z"], "is before the data of customer_activity"),
         "not a time": (["--as-of", "yesterday-ish"], "not a time: 'yesterday-ish'"),
         "junk ids": (["--customers", str(junk)], "3 line(s) are not customer IDs (first: line 2: 'seven'); nothing was scored"),
         "empty ids": (["--customers", str(empty)], "no customer IDs in the file"),
@@ -389,7 +409,7 @@ def baseline(small_repo, small_bundle, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize(
-    "case", ["unknown model", "future", "before data", "not a time", "junk ids", "empty ids", "missing ids",
+    "case", ["unknown model", "future", "before data", "before a view's data", "not a time", "junk ids", "empty ids", "missing ids",
              "unwritable db", "unwritable parquet", "both lists", "chunk size"],
 )
 def test_bad_input_is_one_line_and_damages_nothing(small_repo, small_bundle, baseline, tmp_path, case):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from conftest import copy_repo, feast_apply
 
+from online_store import watermark
 from training.store import open_store
 
 SERVICE_FEATURES = [
@@ -75,3 +76,24 @@ def test_stock_cli_materialize_incremental(tmp_path, redis_endpoint, small_repo)
         assert endpoint.client().dbsize() > 500
         # the yaml's engine ran (it prints its summary per view), not Feast's fallback
         assert "customer_activity:" in r.stderr and "keys written" in r.stderr and "using Feast's local engine" not in r.stderr
+        # this Redis held nothing, so each view's whole TTL window was loaded, whatever the registry says
+        assert "no watermark" in r.stderr
+        marks = watermark.read_all(endpoint.client(), "skewless")
+        assert {v: m.end.isoformat() for v, m in marks.items()} == dict.fromkeys(["customer_profile", "customer_activity"], "2026-11-01T00:00:00+00:00")
+
+
+def test_stock_cli_without_the_redis_setting_says_what_to_set(tmp_path, small_repo):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = copy_repo(tmp_path / "feature_repo")
+    for f in small_repo.glob("data/*"):
+        shutil.copy(f, repo / "data")
+    env = {k: v for k, v in os.environ.items() if k not in ("SKEWLESS_REDIS", "REDIS_URL")}
+    feast_cli = Path(sys.executable).with_name("feast")
+    r = subprocess.run([str(feast_cli), "materialize-incremental", "2026-11-01T00:00:00"], cwd=repo, env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("Error: the Redis online store has no address") and "SKEWLESS_REDIS" in r.stderr

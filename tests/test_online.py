@@ -158,12 +158,21 @@ def test_health_ready_and_docs(client):
     assert "/predict" in client.get("/openapi.json").json()["paths"]
 
 
-def test_redis_down_fails_fast_and_recovers(live, tmp_path, monkeypatch):
+def test_redis_down_fails_fast_and_recovers(live, known, tmp_path, monkeypatch):
+    from datetime import datetime, timezone
+
+    from online_store.materialize import materialize
+    from training.store import open_store
+
     port = free_port()
     with throwaway_redis(port) as endpoint:
         monkeypatch.setenv(REDIS_ENV, endpoint.feast)
         with TestClient(create_app(make_settings(live, tmp_path))) as c:
+            r = c.get("/ready")
+            assert r.status_code == 503 and "no watermark" in r.json()["reason"]  # answering, but holds nothing
+            materialize(open_store(live.repo), datetime.now(timezone.utc))
             assert c.get("/ready").status_code == 200
+            assert c.post("/predict", json={"customer_id": known["fresh"]}).status_code == 200
     # That server is stopped now: the app must answer 503 fast and stay up.
     monkeypatch.setenv(REDIS_ENV, endpoint.feast)
     with TestClient(create_app(make_settings(live, tmp_path))) as c:
@@ -173,9 +182,10 @@ def test_redis_down_fails_fast_and_recovers(live, tmp_path, monkeypatch):
         r = c.post("/predict", json={"customer_id": 1})
         assert r.status_code == 503 and "unavailable" in r.json()["detail"]
         assert time.perf_counter() - t < 1.0
-        with throwaway_redis(port):  # Redis is back on the same port: no restart of the app needed
-            assert c.get("/ready").status_code == 200
-            assert c.post("/predict", json={"customer_id": 1}).status_code == 404  # empty, but answering
+        with throwaway_redis(port):  # a Redis is back on the same port, empty: no restart of the app needed
+            r = c.get("/ready")
+            assert r.status_code == 503 and "no watermark" in r.json()["reason"]
+            assert c.post("/predict", json={"customer_id": known["fresh"]}).status_code == 404  # empty, but answering
 
 
 def test_feature_log_is_flushed_on_shutdown(live, known, tmp_path):

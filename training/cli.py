@@ -88,12 +88,13 @@ def generate(customers: int, days: int, seed: int, end: str, out_dir: Path) -> N
     from tqdm import tqdm
 
     from training.generate import GenerateConfig, generate as run
+    from training.times import start_of_day
 
     if customers <= 0:
         raise click.ClickException(f"--customers must be a positive number, got {customers}")
     started = time.perf_counter()
     with tqdm(total=customers, unit="customer", unit_scale=True, desc="generate", file=sys.stderr, disable=None) as bar:
-        cfg = GenerateConfig(customers=customers, days=days, seed=seed, end=end_of_data(end))
+        cfg = GenerateConfig(customers=customers, days=days, seed=seed, end=start_of_day(end))
         summary = run(cfg, out_dir, progress=bar.update)
     seconds = time.perf_counter() - started
     click.echo(f"wrote {out_dir} in {seconds:.1f}s ({customers / seconds:,.0f} customers/s), data {cfg.start:%Y-%m-%d}..{cfg.end:%Y-%m-%d}")
@@ -111,7 +112,7 @@ def apply(repo: Path) -> None:
 
     if not (repo / "data").is_dir():
         raise click.ClickException(f"no data in {repo / 'data'}: run `skewless generate` first")
-    with redis_for_feast():
+    with redis_for_feast(must_answer=False):  # `feast apply` touches Redis only to drop removed views
         feast_cli = Path(sys.executable).with_name("feast")
         result = subprocess.run([str(feast_cli), "apply"], cwd=repo, env=dict(os.environ), capture_output=True, text=True)
     if result.returncode != 0:
@@ -132,6 +133,7 @@ def train(as_of: str | None, model_dir: Path | None, repo: Path, max_rows: int) 
     """Build a point-in-time training set from churn_v1, train XGBoost, write a bundle."""
     from training.bundle import DEFAULT_MODEL_DIR
     from training.store import open_store
+    from training.times import parse_time
     from training.train import train as run
 
     when = parse_time(as_of) if as_of else None
@@ -149,28 +151,6 @@ def train(as_of: str | None, model_dir: Path | None, repo: Path, max_rows: int) 
         click.echo(f"  {label:22}{r['roc_auc']:8.3f}{r['pr_auc']:8.3f}{r['log_loss']:9.4f}")
     click.echo(f"  decision threshold {b.threshold:.3f} (best F1 on validation); steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
     click.echo(f"  bundle: {b.path}")
-
-
-def end_of_data(value: str):
-    """Midnight UTC of `today` or of the given date: generated data always ends on a day boundary."""
-    from datetime import datetime, timezone
-
-    if value == "today":
-        return datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    return parse_time(value).astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-
-
-def parse_time(value: str):
-    """An ISO 8601 time (UTC when no zone is given) or `now`; a clear error otherwise."""
-    from datetime import datetime, timezone
-
-    if value == "now":
-        return datetime.now(timezone.utc)
-    try:
-        t = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.ClickException(f"not a time: {value!r} (use ISO 8601, e.g. 2026-11-01T00:00:00Z, or `now`)") from None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 class tqdm_steps:

@@ -1,12 +1,21 @@
 """A FeatureService resolved against the Feast registry: the views and on-demand views behind it.
 
 Batch and online both read features view by view and then run the registry's own on-demand
-transform, so they need the same answer to "which views, which features, which transform".
+transform, so they need the same answer to "which views, which features, which transform", and
+the same answer to "is this customer known at T" (`found`): every path reports a customer with
+no value from any feature view at T as not found (404 online, listed and not scored in batch)
+instead of scoring a row of missing inputs.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from feast import FeatureStore, FeatureView
 from feast.on_demand_feature_view import OnDemandFeatureView
@@ -20,6 +29,23 @@ class Contract:
     features: list[str]  # the service's feature names, in order
     views: list[FeatureView]  # every view the service or its on-demand views read
     odfvs: list[OnDemandFeatureView]
+    view_features: list[str]  # the service's features that come from feature views (not on-demand)
+
+    def found(self, values: Mapping[str, Sequence[Any]] | pd.DataFrame) -> np.ndarray:
+        """Per row: at least one of the service's feature-view values is present (not None/NaN).
+
+        A feature view's row past its TTL is null by Feast's point-in-time rule offline and by
+        the TTL store online, so this is the same question on every path.
+        """
+        if isinstance(values, pd.DataFrame):
+            return values[self.view_features].notna().any(axis=1).to_numpy() if self.view_features else np.zeros(len(values), bool)
+        n = len(next(iter(values.values()), []))
+        out = [False] * n  # plain Python: this runs on every online request
+        for name in self.view_features:
+            for i, v in enumerate(values[name]):
+                if not out[i] and v is not None and not (isinstance(v, float) and math.isnan(v)):
+                    out[i] = True
+        return np.array(out, dtype=bool)
 
 
 def resolve(store: FeatureStore, service_name: str) -> Contract:
@@ -35,6 +61,8 @@ def resolve(store: FeatureStore, service_name: str) -> Contract:
             for src in odfv.source_feature_view_projections.values():
                 views.setdefault(src.name, store.get_feature_view(src.name))
     names = [f.name for p in service.feature_view_projections for f in p.features]
-    return Contract(service_name, names, list(views.values()), odfvs)
+    odfv_names = {o.name for o in odfvs}
+    from_views = [f.name for p in service.feature_view_projections if p.name not in odfv_names for f in p.features]
+    return Contract(service_name, names, list(views.values()), odfvs, from_views)
 
 
