@@ -1,5 +1,8 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test`.
-# Everything runs inside .venv, installed by uv from uv.lock (every version pinned).
+# Everything runs inside .venv, installed by uv from uv.lock (every version pinned); the few
+# system programs the project needs (redis-server, curl, chromium for the report's browser test)
+# are installed from Debian's packages when missing and running as root, or named with the
+# command that installs them.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -11,10 +14,11 @@ RUN := $(UV) run --frozen --no-sync
 CUSTOMERS ?= 50000
 DEMO_START := $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 
-.PHONY: demo test install redis clean help
+.PHONY: demo test install redis curl chromium clean help
 help:
 	@echo "make demo   install, generate $(CUSTOMERS) customers, apply, train, batch-score, serve, skew report"
 	@echo "make test   install and run the tests"
+	@echo "make clean  remove the environment, generated data, models and outputs"
 
 ## install: uv (if missing) and the locked environment in .venv
 install: .venv/.installed
@@ -23,27 +27,36 @@ install: .venv/.installed
 	@time $(UV) sync --frozen
 	@touch $@
 
-## redis: a redis-server binary for tests and the demo (REDIS_URL, if it answers, is used as is)
-redis:
-	@command -v redis-server >/dev/null 2>&1 || { \
+# $(call debian,<command>,<package>): the command, or Debian's package when root with apt-get, or one line saying how
+define debian
+	@command -v $(1) >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's redis-server"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null; \
+	    echo "installing Debian's $(2)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2)) >/dev/null 2>&1 \
+	      || { echo "apt-get install $(2) failed: install it by hand" >&2; exit 1; }; \
 	  else \
-	    echo "redis-server not found: install it (Debian/Ubuntu: sudo apt-get install redis-server, macOS: brew install redis)" >&2; exit 1; \
+	    echo "$(1) not found: install it (Debian/Ubuntu: sudo apt-get install $(2), macOS: brew install $(2))" >&2; exit 1; \
 	  fi; }
+endef
 
-demo: install redis
-	$(RUN) skewless generate --customers $(CUSTOMERS)
+redis:
+	$(call debian,redis-server,redis-server)
+curl:
+	$(call debian,curl,curl)
+chromium:
+	$(call debian,chromium,chromium)
+
+demo: install redis curl
+	$(RUN) skewless generate --customers $(CUSTOMERS) --end $(DEMO_START)
 	$(RUN) skewless apply
 	$(RUN) skewless train
 	$(RUN) skewless score --as-of now
 	$(RUN) skewless demo-online
-	@# the report's exit code is for schedulers; in the demo a few requests make any drift alarm noise
-	-$(RUN) skewless skew-report --since $(DEMO_START)
+	$(RUN) skewless skew-report --since $(DEMO_START)
+	@$(RUN) skewless demo-summary --started $(DEMO_START)
 
-test: install redis
+test: install redis curl chromium
 	$(RUN) pytest -q
 
 clean:
-	rm -rf .venv .tools feature_repo/data .pytest_cache
+	rm -rf .venv .tools .pytest_cache .hypothesis feature_repo/data data models

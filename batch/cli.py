@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from training.times import parse_time
-from training.store import REPO_DIR
+from training.paths import REPO_DIR
 
 MAX_ID = 2**63 - 1
 
@@ -121,6 +121,8 @@ def score(ctx, as_of, ids_file, all_active, version, model_dir, repo, out_dir, d
         from batch.status import top_customers
 
         _print_top(top_customers(db, top_n, run_id=summary.run_id), indent="  ")
+    if ids is not None:
+        click.echo(f"  an ad-hoc run (a list of IDs): `skewless score status` and `score top` follow full runs; see it with `skewless score top --run-id {summary.run_id}`")
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary.to_json() | {"duplicates": duplicates}, indent=2) + "\n")
 
@@ -200,7 +202,7 @@ def _print_top(top, indent: str = "") -> None:
     if top.empty:
         return
     first = top.iloc[0]
-    click.echo(f"{indent}top {len(top)} customers by churn probability (table churn_predictions, model {first.model_version}, as-of {first.as_of:%Y-%m-%d %H:%M:%S}):")
+    click.echo(f"{indent}top {len(top)} customers by churn probability (table churn_predictions, model {first.model_version}, as-of {first.as_of:%Y-%m-%d %H:%M:%S}, run {first.run_id}):")
     click.echo(f"{indent}  {'customer_id':>12}  {'probability':>11}  {'prediction':>10}  segment")
     for r in top.itertuples():
         click.echo(f"{indent}  {r.customer_id:>12}  {r.churn_probability:>11.3f}  {r.churn_prediction:>10}  {r.risk_segment}")
@@ -213,53 +215,68 @@ def _segments(s):
 
 
 @score.command()
-@click.option("--max-age", default="26h", show_default=True, help="Fail when the newest run was scored longer ago than this (e.g. 26h, 90m, 2d).")
+@click.option("--max-age", default="26h", show_default=True, help="Fail when the newest full run was scored longer ago than this (e.g. 26h, 90m, 8d).")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output root holding predictions.duckdb (default: data/).")
 @click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="DuckDB file (overrides --out-dir).")
 def status(max_age: str, out_dir: Path | None, db_path: Path | None) -> None:
-    """Newest run per model (as-of, scored-at, rows); exit 1 when older than --max-age or absent."""
-    from batch.outputs import OutputError
-    from batch.status import check_freshness
+    """Newest full run per model (as-of, scored-at, rows); exit 1 when older than --max-age or absent.
+
+    Only full runs (every active customer) count: ad-hoc runs over a list of IDs are listed, not counted as fresh.
+    """
     from training.times import parse_duration
 
-    try:
-        limit = parse_duration(max_age, "--max-age")
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+    limit = parse_duration(max_age, "--max-age")
+
+    from batch.outputs import OutputError
+    from batch.status import check_freshness
+
     db, _ = _outputs(out_dir, db_path, None)
     try:
         fresh = check_freshness(db, limit)
     except OutputError as exc:
         raise click.ClickException(str(exc)) from None
-    if fresh.runs.empty:
-        raise click.ClickException(f"no batch runs in {db}: predictions are absent (run `skewless score --as-of now`)")
     for r in fresh.runs.itertuples():
-        age_h = (fresh.now - r.scored_at.to_pydatetime()).total_seconds() / 3600
         mark = "STALE" if r.model_name in fresh.stale else "ok"
-        click.echo(f"{mark:5} {r.model_name}/{r.model_version}: as-of {r.as_of:%Y-%m-%d %H:%M:%S}, scored {r.scored_at:%Y-%m-%d %H:%M:%S} UTC ({age_h:.1f}h ago), {r.rows:,} rows, run {r.run_id}")
+        click.echo(f"{mark:5} {r.model_name}/{r.model_version}: full run as-of {r.as_of:%Y-%m-%d %H:%M:%S}, "
+                   f"scored {r.scored_at:%Y-%m-%d %H:%M:%S} UTC ({_hours(fresh.now, r.scored_at)} ago), {r.rows:,} rows, run {r.run_id}")
+    for r in fresh.ad_hoc.itertuples():
+        click.echo(f"      ad-hoc run (not counted as fresh) {r.model_name}/{r.model_version}: as-of {r.as_of:%Y-%m-%d %H:%M:%S}, "
+                   f"scored {_hours(fresh.now, r.scored_at)} ago, {r.rows:,} rows, run {r.run_id} (`skewless score top --run-id {r.run_id}`)")
+    if fresh.runs.empty:
+        what = "only ad-hoc runs" if len(fresh.ad_hoc) else "no batch runs"
+        raise click.ClickException(f"{what} in {db}: no full run to be fresh (run `skewless score --as-of now`)")
     if fresh.stale:
-        raise click.ClickException(f"stale predictions for {', '.join(fresh.stale)}: newest run is older than {max_age}")
+        raise click.ClickException(f"stale predictions for {', '.join(fresh.stale)}: the newest full run is older than {max_age}")
+
+
+def _hours(now, then) -> str:
+    return f"{(now - then.to_pydatetime()).total_seconds() / 3600:.1f}h"
 
 
 @score.command()
 @click.option("-n", "--n", "n", type=int, default=10, show_default=True, help="How many customers.")
-@click.option("--run-id", default=None, help="Which run (default: the newest).")
+@click.option("--run-id", default=None, help="Which run (default: the newest full run).")
+@click.option("--ad-hoc", is_flag=True, help="The newest ad-hoc run (a list of IDs) instead of the newest full run.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output root holding predictions.duckdb (default: data/).")
 @click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="DuckDB file (overrides --out-dir).")
-def top(n: int, run_id: str | None, out_dir: Path | None, db_path: Path | None) -> None:
-    """The highest-risk customers of the newest run (or --run-id), read from churn_predictions."""
+def top(n: int, run_id: str | None, ad_hoc: bool, out_dir: Path | None, db_path: Path | None) -> None:
+    """The highest-risk customers of the newest full run (or --ad-hoc, --run-id), read from churn_predictions."""
+    if n <= 0:
+        raise click.ClickException(f"-n must be a positive number, got {n}")
+    if run_id and ad_hoc:
+        raise click.ClickException("give either --run-id or --ad-hoc, not both")
+
     from batch.outputs import OutputError
     from batch.status import top_customers
 
-    if n <= 0:
-        raise click.ClickException(f"-n must be a positive number, got {n}")
     db, _ = _outputs(out_dir, db_path, None)
     if not db.exists():
         raise click.ClickException(f"no batch runs in {db}: run `skewless score --as-of now` first")
+    kind = "ad-hoc" if ad_hoc else "full"
     try:
-        rows = top_customers(db, n, run_id)
+        rows = top_customers(db, n, run_id, kind)
     except OutputError as exc:
         raise click.ClickException(str(exc)) from None
     if rows.empty:
-        raise click.ClickException(f"no rows for {'run ' + run_id if run_id else 'any run'} in {db}")
+        raise click.ClickException(f"no rows for {'run ' + run_id if run_id else 'any ' + kind + ' run'} in {db}")
     _print_top(rows)

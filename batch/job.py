@@ -39,13 +39,13 @@ from batch.retrieval import (
 )
 from batch.stages import StageClock, peak_rss_bytes
 from training.bundle import Bundle
+from training.paths import DATA_DIR, PREDICTIONS_DB, PREDICTIONS_DIR
 from training.prefetch import prefetch
 from training.score import score
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_OUT_DIR = PROJECT_DIR / "data"
-DEFAULT_DB = DEFAULT_OUT_DIR / "predictions.duckdb"
-DEFAULT_PARQUET = DEFAULT_OUT_DIR / "predictions"
+DEFAULT_OUT_DIR = DATA_DIR
+DEFAULT_DB = PREDICTIONS_DB
+DEFAULT_PARQUET = PREDICTIONS_DIR
 
 
 class NothingToScore(ValueError):
@@ -189,7 +189,8 @@ def run_batch(
         scored_at = datetime.now(timezone.utc).replace(tzinfo=None)
         summary = BatchSummary(run_id=run_id, as_of=as_of, model=f"{bundle.name}/{bundle.version}", warnings=warnings)
         # outputs first: an unwritable path fails now, not after minutes of retrieval
-        writer = PredictionWriter(db_path, parquet_root, RunKey(bundle.name, bundle.version, as_of_naive), run_id)
+        kind = "full" if customer_ids is None else "ad-hoc"
+        writer = PredictionWriter(db_path, parquet_root, RunKey(bundle.name, bundle.version, as_of_naive), run_id, kind)
         try:
             with clock.stage("customers"):
                 if customer_ids is None:
@@ -232,7 +233,7 @@ def run_batch(
                 raise NothingToScore(f"nothing to score: none of the {len(ids):,} customers has features at {as_of.isoformat()} "
                                      f"(not found: {first_ids(summary.not_found)})")
             with clock.stage("commit"):
-                writer.commit()
+                writer.commit(scored_at, len(summary.not_found))
         except BaseException:
             writer.abort()
             raise

@@ -48,6 +48,16 @@ COLUMNS = [
 ]
 ARROW_SCHEMA = pa.schema([(name, arrow) for name, _, arrow in COLUMNS])
 SCHEMA_SQL = f"CREATE TABLE IF NOT EXISTS {TABLE} (" + ", ".join(f"{n} {t}" for n, t, _ in COLUMNS) + ")"
+# One row per committed run, written in the same transaction as its predictions. `kind` is
+# `full` for the scheduled run over every customer active at the as-of time, `ad-hoc` for a
+# run over a list of IDs: freshness (`skewless score status`) follows full runs only.
+RUNS_TABLE = "churn_runs"
+RUN_COLUMNS = [
+    ("run_id", "VARCHAR"), ("model_name", "VARCHAR"), ("model_version", "VARCHAR"), ("as_of", "TIMESTAMP"),
+    ("scored_at", "TIMESTAMP"), ("rows", "BIGINT"), ("not_found", "BIGINT"), ("kind", "VARCHAR"),
+]
+RUNS_SQL = f"CREATE TABLE IF NOT EXISTS {RUNS_TABLE} (" + ", ".join(f"{n} {t}" for n, t in RUN_COLUMNS) + ")"
+KINDS = ("full", "ad-hoc")
 STAGING = ".staging"
 LOCK_WAIT_SECONDS = 30.0  # how long the swap waits for another process to release the DuckDB file
 DUCKDB_MEMORY_LIMIT = "512MB"
@@ -117,11 +127,13 @@ def check_db(db_path: Path) -> None:
     con = connect_db(db_path)
     try:
         con.execute(SCHEMA_SQL)
-        found = con.execute(f"SELECT column_name, data_type FROM information_schema.columns WHERE table_name = '{TABLE}' ORDER BY ordinal_position").fetchall()
+        con.execute(RUNS_SQL)
+        for table, expected in ((TABLE, [(n, t) for n, t, _ in COLUMNS]), (RUNS_TABLE, RUN_COLUMNS)):
+            found = con.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position", [table]).fetchall()
+            if [(n, t) for n, t in found] != expected:
+                raise OutputError(f"table {table} in {db_path} has columns {found}, not the expected schema: move the database away or pass --db")
     finally:
         con.close()
-    if [(n, t) for n, t in found] != [(n, t) for n, t, _ in COLUMNS]:
-        raise OutputError(f"table {TABLE} in {db_path} has columns {found}, not the expected schema: move the database away or pass --db")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -152,8 +164,10 @@ def clean_stale_staging(parquet_root: Path) -> None:
 class PredictionWriter:
     """Stage one run's rows; `commit()` swaps them into DuckDB and Parquet, `abort()` discards them."""
 
-    def __init__(self, db_path: Path, parquet_root: Path, key: RunKey, run_id: str):
-        self.key, self.run_id = key, run_id
+    def __init__(self, db_path: Path, parquet_root: Path, key: RunKey, run_id: str, kind: str = "full"):
+        if kind not in KINDS:
+            raise ValueError(f"run kind {kind!r} is not one of {KINDS}")
+        self.key, self.run_id, self.kind = key, run_id, kind
         self.db_path, self.parquet_root = Path(db_path), Path(parquet_root)
         check_db(self.db_path)
         self.table_dir = self.parquet_root / TABLE
@@ -176,8 +190,8 @@ class PredictionWriter:
         self.writer.write_table(table.select(ARROW_SCHEMA.names).cast(ARROW_SCHEMA))
         self.rows += table.num_rows
 
-    def commit(self) -> None:
-        """Swap the staged run in: DuckDB rows and the partition file, together.
+    def commit(self, scored_at: datetime, not_found: int = 0) -> None:
+        """Swap the staged run in: DuckDB rows, its churn_runs row and the partition file, together.
 
         SIGINT and SIGTERM are held back during the swap (a second or two at 10M rows), so a
         scheduler's timeout lands before or after it, never between the rename and the commit.
@@ -192,9 +206,14 @@ class PredictionWriter:
                 con.execute("BEGIN TRANSACTION")
                 try:
                     con.execute(SCHEMA_SQL)
-                    con.execute(f"DELETE FROM {TABLE} WHERE model_name = ? AND model_version = ? AND as_of = ?", [k.model_name, k.model_version, k.as_of])
+                    con.execute(RUNS_SQL)
+                    key = [k.model_name, k.model_version, k.as_of]
+                    con.execute(f"DELETE FROM {TABLE} WHERE model_name = ? AND model_version = ? AND as_of = ?", key)
+                    con.execute(f"DELETE FROM {RUNS_TABLE} WHERE model_name = ? AND model_version = ? AND as_of = ?", key)
                     names = ", ".join(ARROW_SCHEMA.names)
                     con.execute(f"INSERT INTO {TABLE} ({names}) SELECT {names} FROM read_parquet(?)", [str(self.staged_file)])
+                    con.execute(f"INSERT INTO {RUNS_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                [self.run_id, *key, scored_at, self.rows, not_found, self.kind])
                     self._move_into_partition()
                 except BaseException:
                     con.execute("ROLLBACK")

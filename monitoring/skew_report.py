@@ -1,4 +1,4 @@
-"""`skewless skew-report`: check served features against the offline truth, and drift.
+"""Served features against the offline truth (skew) and against the training set (drift).
 
 Two questions an operator asks on live data:
 
@@ -7,11 +7,11 @@ Two questions an operator asks on live data:
    path) and compared feature by feature: exact for integers and strings, within 1e-9 for
    floats, null where null. The report gives, per feature, the share that differ and an example.
 2. **Drift.** Do the served features and the latest batch scores still look like the training
-   set? Population stability index (PSI) per feature against the bundle's own training set,
-   as a table and a PNG chart.
+   set? Population stability index (PSI) per feature against the bundle's own training set.
 
-The command exits non-zero when a mismatch share or a PSI passes its threshold, so a scheduler
-can alert on it.
+`build_report` computes both; monitoring/report_page.py renders them as one HTML page (and a
+PNG), monitoring/cli.py is the `skewless skew-report` command, which exits non-zero when a
+mismatch share or a PSI passes its threshold, so a scheduler can alert on it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import click
 import numpy as np
 import pandas as pd
 
@@ -28,6 +27,7 @@ from training.bundle import Bundle, FeatureSpec
 
 FLOAT_TOLERANCE = 1e-9
 PSI_BINS = 10
+MIN_CUSTOMERS = 100  # PSI over fewer served customers says more about the sample than about drift
 
 
 @dataclass
@@ -56,46 +56,66 @@ def values_equal(spec: FeatureSpec, served: pd.Series, offline: pd.Series) -> np
     return equal
 
 
-def compare_features(bundle: Bundle, served: pd.DataFrame, offline: pd.DataFrame, keys: list[str]) -> list[FeatureSkew]:
-    """Per-feature mismatch between served rows and their offline recomputation (joined on keys)."""
+def compare_features(bundle: Bundle, served: pd.DataFrame, offline: pd.DataFrame, keys: list[str]) -> tuple[list[FeatureSkew], int]:
+    """Per-feature mismatch between served rows and their offline recomputation (joined on keys),
+    and how many rows differ in at least one feature."""
     joined = served.merge(offline, on=keys, how="inner", suffixes=("__served", "__offline"), validate="1:1")
     out = []
+    row_differs = np.zeros(len(joined), dtype=bool)
     for spec in bundle.features:
         s, o = joined[f"{spec.name}__served"], joined[f"{spec.name}__offline"]
         equal = values_equal(spec, s, o)
+        row_differs |= ~equal
         example = None
         if not equal.all():
             i = int(np.flatnonzero(~equal)[0])
             row = joined.iloc[i]
-            example = f"customer {row[keys[0]]} at {row[keys[1]]}: served {s.iloc[i]!r}, offline {o.iloc[i]!r}"
+            example = f"customer {row[keys[0]]} at {row[keys[1]]}: served {_plain(s.iloc[i])!r}, offline {_plain(o.iloc[i])!r}"
         out.append(FeatureSkew(spec.name, len(joined), int((~equal).sum()), example))
-    return out
+    return out, int(row_differs.sum())
+
+
+def _plain(value):
+    """A value as a person reads it: 26.17, not np.float64(26.17); None for any missing value."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def binned_shares(expected: pd.Series, actual: pd.Series, categorical: bool) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(bin labels, share of `expected` per bin, share of `actual` per bin): the bins PSI compares.
+
+    Numeric bins are the deciles of the expected (training) distribution, categories for strings;
+    missing values are a bin of their own (the last).
+    """
+    if categorical:
+        e = expected.astype("object").where(expected.notna(), "<missing>")
+        a = actual.astype("object").where(actual.notna(), "<missing>")
+        labels = sorted(set(e.unique()) | set(a.unique()), key=str)
+        e_share = e.value_counts(normalize=True).reindex(labels, fill_value=0).to_numpy()
+        a_share = a.value_counts(normalize=True).reindex(labels, fill_value=0).to_numpy()
+        return [str(v) for v in labels], e_share, a_share
+    e = pd.to_numeric(expected, errors="coerce").astype("float64")
+    a = pd.to_numeric(actual, errors="coerce").astype("float64")
+    edges = np.unique(np.nanquantile(e.dropna(), np.linspace(0, 1, PSI_BINS + 1))) if e.notna().any() else np.array([])
+    inner = edges[1:-1]
+
+    def shares(x: pd.Series) -> np.ndarray:
+        v = x.to_numpy()
+        idx = np.where(np.isnan(v), len(inner) + 1, np.searchsorted(inner, v, side="right"))
+        return np.bincount(idx.astype(int), minlength=len(inner) + 2) / max(len(v), 1)
+
+    if len(inner):
+        labels = [f"<{inner[0]:.3g}"] + [f"{lo:.3g}-{hi:.3g}" for lo, hi in zip(inner[:-1], inner[1:])] + [f">={inner[-1]:.3g}"]
+    else:
+        labels = ["all"]
+    return labels + ["missing"], shares(e), shares(a)
 
 
 def psi(expected: pd.Series, actual: pd.Series, categorical: bool) -> float:
-    """Population stability index of `actual` against `expected`; nulls are a bin of their own.
-
-    Numeric bins are the deciles of the expected (training) distribution; a small floor on
-    each share keeps empty bins finite, as is usual for PSI.
-    """
-    if categorical:
-        e = expected.astype("object").where(expected.notna(), "<null>")
-        a = actual.astype("object").where(actual.notna(), "<null>")
-        cats = sorted(set(e.unique()) | set(a.unique()), key=str)
-        e_share = e.value_counts(normalize=True).reindex(cats, fill_value=0).to_numpy()
-        a_share = a.value_counts(normalize=True).reindex(cats, fill_value=0).to_numpy()
-    else:
-        e = pd.to_numeric(expected, errors="coerce").astype("float64")
-        a = pd.to_numeric(actual, errors="coerce").astype("float64")
-        edges = np.unique(np.nanquantile(e.dropna(), np.linspace(0, 1, PSI_BINS + 1))) if e.notna().any() else np.array([])
-        inner = edges[1:-1]
-
-        def shares(x: pd.Series) -> np.ndarray:
-            v = x.to_numpy()
-            idx = np.where(np.isnan(v), len(inner) + 1, np.searchsorted(inner, v, side="right"))
-            return np.bincount(idx.astype(int), minlength=len(inner) + 2) / max(len(v), 1)
-
-        e_share, a_share = shares(e), shares(a)
+    """Population stability index of `actual` against `expected` over `binned_shares`'s bins;
+    a small floor on each share keeps empty bins finite, as is usual for PSI."""
+    _, e_share, a_share = binned_shares(expected, actual, categorical)
     e_share = np.maximum(e_share, 1e-4)
     a_share = np.maximum(a_share, 1e-4)
     return float(np.sum((a_share - e_share) * np.log(a_share / e_share)))
@@ -110,28 +130,6 @@ def drift_table(bundle: Bundle, training: pd.DataFrame, served: pd.DataFrame | N
     if batch_scores is not None and training_scores is not None and len(batch_scores):
         rows.append({"what": "batch score", "name": "churn_probability", "psi": psi(training_scores, batch_scores, False)})
     return pd.DataFrame(rows, columns=["what", "name", "psi"])
-
-
-def psi_chart(table: pd.DataFrame, threshold: float, path: Path) -> Path:
-    """A horizontal bar chart of PSI per feature with the alert threshold, as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    t = table.sort_values("psi")
-    fig, ax = plt.subplots(figsize=(8, 0.32 * max(len(t), 4) + 1.2))
-    colors = ["#d62728" if v > threshold else "#1f77b4" for v in t["psi"]]
-    ax.barh([f"{n} ({w})" for n, w in zip(t["name"], t["what"])], t["psi"], color=colors)
-    ax.axvline(threshold, color="#d62728", linestyle="--", label=f"alert at PSI {threshold}")
-    ax.set_xlabel("population stability index vs training set")
-    ax.set_title("skewless drift report")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def format_skew(skews: list[FeatureSkew]) -> str:
@@ -153,8 +151,41 @@ def since_filter(frame: pd.DataFrame, column: str, since: datetime | None) -> pd
     return frame if since is None else frame[frame[column] >= pd.Timestamp(since)]
 
 
-def build_report(store, bundle: Bundle, log_dir: Path, db_path: Path | None, since: datetime | None) -> dict:
-    """Skew of logged requests against point-in-time retrieval, and drift against training."""
+@dataclass
+class Report:
+    """What `build_report` found, for the terminal, the HTML page and the exit code."""
+
+    model: str  # name/version
+    feature_service: str
+    window: tuple[datetime, datetime]  # first and last logged request replayed
+    requests: int  # logged rows (one per customer per request) replayed
+    customers: int
+    rows_differing: int  # logged rows with at least one feature that differs from the replay
+    skews: list[FeatureSkew]
+    drift: pd.DataFrame  # what, name, psi
+    training: pd.DataFrame  # the bundle's training set (features)
+    population: pd.DataFrame  # served features, one row per customer (its latest request)
+    batch_run: dict | None  # {"run_id", "as_of", "rows"} of the newest full batch run of this model, if any
+    batch_scores: pd.Series | None
+    training_scores: pd.Series
+    drift_note: str | None = None  # why the served features' drift was not computed, if it was not
+
+    @property
+    def values_compared(self) -> int:
+        return sum(s.compared for s in self.skews)
+
+    @property
+    def values_differing(self) -> int:
+        return sum(s.differing for s in self.skews)
+
+
+def build_report(store, bundle: Bundle, log_dir: Path, db_path: Path | None, since: datetime | None,
+                 min_customers: int = MIN_CUSTOMERS) -> Report:
+    """Skew of logged requests against point-in-time retrieval, and drift against training.
+
+    Skew is checked on every logged row. Drift of the served features needs a population: with
+    fewer than `min_customers` served customers it is not computed (`Report.drift_note` says so).
+    """
     from monitoring.feature_log import read_log
     from training.dataset import KEYS, historical_features
     from training.score import score
@@ -169,57 +200,39 @@ def build_report(store, bundle: Bundle, log_dir: Path, db_path: Path | None, sin
     served = served.drop_duplicates(["customer_id", "request_time"])
     keys = served.rename(columns={"request_time": "event_timestamp"})[KEYS]
     offline = historical_features(store, bundle.feature_service, keys)
-    skews = compare_features(bundle, served.rename(columns={"request_time": "event_timestamp"}), offline, KEYS)
+    skews, rows_differing = compare_features(bundle, served.rename(columns={"request_time": "event_timestamp"}), offline, KEYS)
 
     training = pd.read_parquet(bundle.path / "training_set.parquet")
-    batch_scores = None
-    if db_path is not None and Path(db_path).exists():
-        import duckdb
-
-        with duckdb.connect(str(db_path), read_only=True) as con:
-            batch_scores = con.execute(
-                "SELECT churn_probability FROM churn_predictions WHERE model_version = ? AND as_of = "
-                "(SELECT max(as_of) FROM churn_predictions WHERE model_version = ?)", [bundle.version, bundle.version]
-            ).df()["churn_probability"]
+    batch_run, batch_scores = newest_batch_scores(db_path, bundle)
     training_scores = pd.Series(score(bundle, training).probability)
     # drift compares populations: one row per customer (its latest request), not per request
     population = served.sort_values("request_time").drop_duplicates("customer_id", keep="last")
-    drift = drift_table(bundle, training, population, batch_scores, training_scores)
-    return {"requests": len(served), "skews": skews, "drift": drift}
+    note = None
+    if len(population) < min_customers:
+        note = f"served-feature drift not computed: {len(population):,} customers served, fewer than {min_customers:,}"
+    drift = drift_table(bundle, training, population if note is None else None, batch_scores, training_scores)
+    return Report(
+        model=f"{bundle.name}/{bundle.version}", feature_service=bundle.feature_service,
+        window=(served["request_time"].min().to_pydatetime(), served["request_time"].max().to_pydatetime()),
+        requests=len(served), customers=int(served["customer_id"].nunique()), rows_differing=rows_differing,
+        skews=skews, drift=drift, training=training, population=population,
+        batch_run=batch_run, batch_scores=batch_scores, training_scores=training_scores, drift_note=note,
+    )
 
 
-@click.command("skew-report")
-@click.option("--since", default=None, help="Only requests at or after this time (ISO 8601).")
-@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Feature logs (default: data/feature_log).")
-@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Batch predictions (default: data/predictions.duckdb).")
-@click.option("--model", "version", default="latest", show_default=True)
-@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
-@click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
-@click.option("--max-mismatch", type=float, default=0.0, show_default=True, help="Alert when a feature's mismatch share is above this.")
-@click.option("--max-psi", type=float, default=0.25, show_default=True, help="Alert when a PSI is above this.")
-@click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), default=None, help="PNG chart path (default: data/skew_report.png).")
-def skew_report_command(since, log_dir, db_path, version, model_dir, repo, max_mismatch, max_psi, chart) -> None:
-    """Replay served requests through point-in-time retrieval; report skew and drift."""
-    from batch.job import DEFAULT_DB
-    from serving.settings import PROJECT_DIR, Settings
-    from training.bundle import DEFAULT_MODEL_DIR, BundleError, load_bundle
-    from training.times import parse_time
-    from training.store import REPO_DIR, open_store
+def newest_batch_scores(db_path: Path | None, bundle: Bundle) -> tuple[dict | None, pd.Series | None]:
+    """The newest full batch run of this model version and its scores, from the predictions database."""
+    from batch.status import latest_runs
 
-    store = open_store(repo or REPO_DIR)
-    try:
-        bundle = load_bundle(version, model_dir or DEFAULT_MODEL_DIR, store=store)
-    except BundleError as exc:
-        raise click.ClickException(str(exc)) from None
-    report = build_report(store, bundle, log_dir or Settings().feature_log_dir, db_path or DEFAULT_DB, parse_time(since) if since else None)
-    click.echo(f"skew report for {bundle.name}/{bundle.version}: {report['requests']:,} logged requests replayed at their request times")
-    click.echo(format_skew(report["skews"]))
-    click.echo("")
-    click.echo(format_drift(report["drift"], max_psi))
-    png = psi_chart(report["drift"], max_psi, chart or PROJECT_DIR / "data" / "skew_report.png")
-    click.echo(f"chart: {png}")
-    skewed = [s.feature for s in report["skews"] if s.share > max_mismatch]
-    drifted = report["drift"].loc[report["drift"]["psi"] > max_psi, "name"].tolist()
-    if skewed or drifted:
-        parts = ([f"skew in {', '.join(skewed)}"] if skewed else []) + ([f"drift in {', '.join(drifted)}"] if drifted else [])
-        raise click.ClickException("; ".join(parts))
+    if db_path is None or not Path(db_path).exists():
+        return None, None
+    runs = latest_runs(Path(db_path))
+    runs = runs[(runs["model_name"] == bundle.name) & (runs["model_version"] == bundle.version)]
+    if runs.empty:
+        return None, None
+    run = runs.iloc[0]
+    import duckdb
+
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        scores = con.execute("SELECT churn_probability FROM churn_predictions WHERE run_id = ?", [run["run_id"]]).df()["churn_probability"]
+    return {"run_id": run["run_id"], "as_of": pd.Timestamp(run["as_of"]).to_pydatetime(), "rows": int(run["rows"])}, scores

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import click
 
-from training.store import REPO_DIR
+from training.paths import REPO_DIR
 
 DEFAULT_LOOKBACK = timedelta(days=7)
 
@@ -116,9 +116,6 @@ def _engine(store):
 @click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=REPO_DIR, show_default=True)
 def materialize_command(end: str, lookback: float, full: bool, repo: Path) -> None:
     """Load the latest feature values into the Redis online store, from where it is complete."""
-    from online_store.redis_server import redis_for_feast
-    from online_store.watermark import describe
-    from training.store import open_store
     from training.times import parse_time
 
     when = parse_time(end)
@@ -126,6 +123,11 @@ def materialize_command(end: str, lookback: float, full: bool, repo: Path) -> No
         raise click.ClickException(f"--end {when.isoformat()} is in the future: materialize up to now or an earlier time")
     if lookback < 0:
         raise click.ClickException(f"--lookback must be 0 or more days, got {lookback:g}")
+
+    from online_store.redis_server import redis_for_feast
+    from online_store.watermark import describe
+    from training.store import open_store
+
     with redis_for_feast() as endpoint:
         summary = materialize(open_store(repo), when, timedelta(days=lookback), full)
         keys = endpoint.client().dbsize()

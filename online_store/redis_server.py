@@ -46,6 +46,7 @@ class RedisEndpoint:
     port: int
     db: int = 0
     password: str | None = None
+    throwaway: bool = False  # started by this process (nobody named a Redis): empty, and gone when it exits
 
     @classmethod
     def from_url(cls, url: str) -> "RedisEndpoint":
@@ -172,7 +173,7 @@ def throwaway_redis(port: int | None = None) -> Iterator[RedisEndpoint]:
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
-        endpoint = RedisEndpoint("127.0.0.1", port)
+        endpoint = RedisEndpoint("127.0.0.1", port, throwaway=True)
         try:
             deadline = time.monotonic() + 10
             while not endpoint.ping():

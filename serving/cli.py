@@ -22,7 +22,8 @@ import click
 def serve(host: str, port: int, workers: int, repo: Path | None, model_dir: Path | None, model_version: str | None, log_level: str) -> None:
     """Serve POST /predict and /predict/batch, GET /health, /ready, /metrics and /docs.
 
-    Other settings come from SKEWLESS_* environment variables (serving/settings.py).
+    Uses the Redis named by REDIS_URL or SKEWLESS_REDIS; with none named, starts a private one
+    and loads it first. Other settings come from SKEWLESS_* environment variables (serving/settings.py).
     """
     import uvicorn
 
@@ -39,6 +40,8 @@ def serve(host: str, port: int, workers: int, repo: Path | None, model_dir: Path
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         with redis_for_feast(must_answer=False) as endpoint:  # a named Redis that is down: not ready until it answers
+            if endpoint.throwaway:
+                _load_throwaway(endpoint, repo)
             state = "" if endpoint.ping() else " (not answering yet: /ready is 503 until it does)"
             click.echo(f"online store: redis {endpoint.host}:{endpoint.port} db {endpoint.db}{state}", err=True)
             click.echo(f"serving on http://{host}:{port} ({workers} worker{'s' if workers > 1 else ''}); docs at /docs", err=True)
@@ -53,3 +56,17 @@ def serve(host: str, port: int, workers: int, repo: Path | None, model_dir: Path
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _load_throwaway(endpoint, repo: Path | None) -> None:
+    """No Redis named: the private one starts empty, so load it before serving (what a first try wants)."""
+    from datetime import datetime, timezone
+
+    from online_store.materialize import materialize
+    from training.paths import REPO_DIR
+    from training.store import open_store
+
+    click.echo(f"no Redis named (REDIS_URL or SKEWLESS_REDIS): started a private redis-server on {endpoint.host}:{endpoint.port}, "
+               "loading it up to now; it is gone when the service stops", err=True)
+    summary = materialize(open_store(repo or REPO_DIR), datetime.now(timezone.utc))
+    click.echo(f"loaded {summary['rows']:,} rows of {len(summary['views'])} views in {summary['seconds']:.1f}s", err=True)

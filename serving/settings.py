@@ -12,17 +12,15 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from training.bundle import DEFAULT_MODEL_DIR
-from training.store import REPO_DIR
+from training.paths import FEATURE_LOG_DIR, MODEL_DIR, REPO_DIR
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SKEWLESS_", env_file=".env", extra="ignore", protected_namespaces=())
 
     repo_path: Path = Field(REPO_DIR, description="Feast repository (feature_store.yaml).")
-    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Where model bundles live (models/<name>/<version>).")
+    model_dir: Path = Field(MODEL_DIR, description="Where model bundles live (models/<name>/<version>).")
     model_version: str = Field("latest", description="Bundle version to serve, or `latest`.")
     # SKEWLESS_REDIS is also what feature_store.yaml's ${SKEWLESS_REDIS} expands to: one variable.
     redis: str | None = Field(None, description="Feast Redis connection string host:port[,db=N,...]; default: the yaml's.")
@@ -34,7 +32,7 @@ class Settings(BaseSettings):
         "default 2 x each view's `cadence` tag. /ready is 503 while a view's watermark is older.")
     max_body_bytes: int = Field(256 * 1024, gt=0, description="Larger request bodies get 413 (1,000 IDs take ~20 KB).")
     feature_log: bool = Field(True, description="Log what was served (Parquet under feature_log_dir).")
-    feature_log_dir: Path = Field(PROJECT_DIR / "data" / "feature_log", description="Feature-log root (date=YYYY-MM-DD/part-*.parquet).")
+    feature_log_dir: Path = Field(FEATURE_LOG_DIR, description="Feature-log root (date=YYYY-MM-DD/part-*.parquet).")
     feature_log_max_rows: int = Field(200_000, gt=0, description="Rows held in memory at most; more are dropped and counted.")
     feature_log_flush_s: float = Field(1.0, gt=0, description="How often buffered rows are written (a Parquet row group).")
     feature_log_rotate_rows: int = Field(1_000_000, gt=0, description="Rows per file before a new file starts.")

@@ -331,11 +331,32 @@ def test_status_exit_codes(small_repo, small_bundle, out):
     assert "churn/" in fresh.output and "as-of 2026-10-20 12:00:00" in fresh.output and "rows" in fresh.output
     with duckdb.connect(str(out["db"])) as con:
         con.execute(f"UPDATE {TABLE} SET scored_at = scored_at - INTERVAL 2 DAY")
+        con.execute("UPDATE churn_runs SET scored_at = scored_at - INTERVAL 2 DAY")
     stale = runner.invoke(main, ["score", "status", "--db", str(out["db"]), "--max-age", "26h"])
     assert stale.exit_code == 1 and "stale predictions for churn" in stale.output
     assert runner.invoke(main, ["score", "status", "--db", str(out["db"]), "--max-age", "3d"]).exit_code == 0
     bad = runner.invoke(main, ["score", "status", "--db", str(out["db"]), "--max-age", "soon"])
     assert bad.exit_code == 1 and "not a duration" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+def test_status_and_top_follow_the_full_run_not_an_ad_hoc_one(small_repo, small_bundle, out, tmp_path):
+    runner = CliRunner()
+    ids = tmp_path / "ids.txt"
+    ids.write_text("5\n7\n")
+    adhoc = run_cli(small_repo, small_bundle, out, "--as-of", AS_OF.isoformat(), "--customers", str(ids))
+    assert adhoc.exit_code == 0 and "an ad-hoc run" in adhoc.output
+    only_adhoc = runner.invoke(main, ["score", "status", "--db", str(out["db"])])
+    assert only_adhoc.exit_code == 1 and "only ad-hoc runs" in only_adhoc.output
+    assert run_cli(small_repo, small_bundle, out, "--as-of", (AS_OF - timedelta(days=1)).isoformat()).exit_code == 0
+    assert run_cli(small_repo, small_bundle, out, "--as-of", (AS_OF + timedelta(hours=1)).isoformat(), "--customers", str(ids)).exit_code == 0
+    status = runner.invoke(main, ["score", "status", "--db", str(out["db"])])
+    assert status.exit_code == 0, status.output
+    full_line, adhoc_line = status.output.strip().splitlines()[:2]
+    assert "full run as-of 2026-10-19 12:00:00" in full_line and "ad-hoc run (not counted as fresh)" in adhoc_line and "2 rows" in adhoc_line
+    top = runner.invoke(main, ["score", "top", "-n", "5", "--db", str(out["db"])])
+    assert top.exit_code == 0 and "as-of 2026-10-19 12:00:00" in top.output and len(top.output.strip().splitlines()) == 7
+    latest_adhoc = runner.invoke(main, ["score", "top", "--ad-hoc", "--db", str(out["db"])])
+    assert latest_adhoc.exit_code == 0 and "as-of 2026-10-20 13:00:00" in latest_adhoc.output and len(latest_adhoc.output.strip().splitlines()) == 4
 
 
 def test_python_dash_m_batch(tmp_path, monkeypatch, capsys):
@@ -346,7 +367,7 @@ def test_python_dash_m_batch(tmp_path, monkeypatch, capsys):
         runpy.run_module("batch", run_name="__main__", alter_sys=True)
     assert exit_.value.code == 1
     err = capsys.readouterr().err
-    assert err.strip().splitlines() == [f"Error: no batch runs in {tmp_path / 'none.duckdb'}: predictions are absent (run `skewless score --as-of now`)"]
+    assert err.strip().splitlines() == [f"Error: no batch runs in {tmp_path / 'none.duckdb'}: no full run to be fresh (run `skewless score --as-of now`)"]
 
 
 # --- bad input ---------------------------------------------------------------------------

@@ -169,33 +169,6 @@ def test_late_rows_reach_redis(late_repo, monkeypatch, engine, lookback, expect_
     assert got[1] == 1  # newer wins: an older late row never overwrites
 
 
-def test_skew_report_finds_nothing_on_clean_logs_and_flags_a_changed_value(live, sample, tmp_path):
-    from click.testing import CliRunner
-
-    from monitoring.feature_log import read_log
-    from training.cli import main
-
-    settings = Settings(repo_path=live.repo, model_dir=live.model_dir, feature_log_dir=tmp_path / "log")
-    with TestClient(create_app(settings)) as client:
-        assert client.post("/predict/batch", json={"customer_ids": sample}).status_code == 200
-    args = ["skew-report", "--repo", str(live.repo), "--model-dir", str(live.model_dir), "--log-dir", str(tmp_path / "log"),
-            "--db", str(tmp_path / "none.duckdb"), "--chart", str(tmp_path / "psi.png")]
-    clean = CliRunner().invoke(main, args + ["--max-psi", "100"])
-    assert clean.exit_code == 0, clean.output
-    assert f"{len(sample):,} logged requests" in clean.output and "login_trend" in clean.output
-    assert (tmp_path / "psi.png").stat().st_size > 1000
-    # a served value that training would not have seen is caught and named
-    log = read_log(tmp_path / "log").to_pandas()
-    row = log["spend_30d"].first_valid_index()
-    log.loc[row, "spend_30d"] += 1.0
-    for f in (tmp_path / "log").rglob("*.parquet"):
-        f.unlink()
-    (tmp_path / "log" / "date=x").mkdir()
-    log.to_parquet(tmp_path / "log" / "date=x" / "part-1-1.parquet")
-    skewed = CliRunner().invoke(main, args + ["--max-psi", "100"])
-    assert skewed.exit_code == 1 and "skew in spend_30d" in skewed.output, skewed.output
-
-
 def test_batch_and_online_refuse_a_bundle_after_the_contract_changes(live, tmp_path, redis_endpoint):
     """Change a feature view, re-apply: the batch job and the service both refuse to start."""
     import shutil

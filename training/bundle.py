@@ -21,8 +21,9 @@ from typing import Any
 
 import xgboost as xgb
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_DIR = Path(os.environ.get("SKEWLESS_MODEL_DIR", PROJECT_DIR / "models"))
+from training.paths import MODEL_DIR
+
+DEFAULT_MODEL_DIR = MODEL_DIR
 MODEL_NAME = "churn"
 MODEL_FILE = "model.ubj"
 MANIFEST_FILE = "manifest.json"

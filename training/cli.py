@@ -12,12 +12,11 @@ import os
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import click
 
-from training.store import REPO_DIR
+from training.paths import REPO_DIR
 
 
 class Group(click.Group):
@@ -29,8 +28,9 @@ class Group(click.Group):
         "score": "batch.cli:score",
         "materialize": "online_store.materialize:materialize_command",
         "serve": "serving.cli:serve",
-        "skew-report": "monitoring.skew_report:skew_report_command",
-        "demo-online": "serving.demo:demo_online",
+        "skew-report": "monitoring.cli:skew_report_command",
+        "demo-online": "demo.online:demo_online",
+        "demo-summary": "demo.summary:demo_summary",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -72,32 +72,32 @@ class Group(click.Group):
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """skewless: one Feast feature contract for training, batch scoring and online serving."""
-    # Library chatter that says nothing to a user of this command.
-    warnings.filterwarnings("ignore", message="fetch_arrow_table", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message="On demand feature view is an experimental", category=RuntimeWarning)
 
 
 @main.command()
 @click.option("--customers", type=int, default=50_000, show_default=True, help="Number of customers (1k tests, 50k demo, 1M/10M benchmarks).")
 @click.option("--days", type=int, default=150, show_default=True, help="Days of history to write.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Random seed; same seed and --end, same bytes.")
-@click.option("--end", default="today", show_default=True, help="Last day of data (ISO date, or `today` = today 00:00 UTC), so the demo's 'now' has fresh features.")
+@click.option("--end", default="today", show_default=True, help="When the data ends: `today` (00:00 UTC, reproducible), `now` (what a demo serves at once) or an ISO time.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=REPO_DIR / "data", show_default=True, help="Directory the Parquet sources go to.")
 def generate(customers: int, days: int, seed: int, end: str, out_dir: Path) -> None:
     """Write the synthetic raw sources (profiles, activity, labels) as Parquet."""
-    from tqdm import tqdm
-
-    from training.generate import GenerateConfig, generate as run
-    from training.times import start_of_day
+    from training.times import data_end
 
     if customers <= 0:
         raise click.ClickException(f"--customers must be a positive number, got {customers}")
+    ends = data_end(end)  # a bad --end is one line before anything heavy is imported
+
+    from tqdm import tqdm
+
+    from training.generate import GenerateConfig, generate as run
+
     started = time.perf_counter()
     with tqdm(total=customers, unit="customer", unit_scale=True, desc="generate", file=sys.stderr, disable=None) as bar:
-        cfg = GenerateConfig(customers=customers, days=days, seed=seed, end=start_of_day(end))
+        cfg = GenerateConfig(customers=customers, days=days, seed=seed, end=ends)
         summary = run(cfg, out_dir, progress=bar.update)
     seconds = time.perf_counter() - started
-    click.echo(f"wrote {out_dir} in {seconds:.1f}s ({customers / seconds:,.0f} customers/s), data {cfg.start:%Y-%m-%d}..{cfg.end:%Y-%m-%d}")
+    click.echo(f"wrote {out_dir} in {seconds:.1f}s ({customers / seconds:,.0f} customers/s), data {cfg.start:%Y-%m-%d %H:%M} .. {cfg.end:%Y-%m-%d %H:%M} UTC")
     click.echo(f"  profiles {summary.profile_rows:,} rows, activity {summary.activity_rows:,} rows, labels {summary.label_rows:,} rows")
     for name, size in summary.files.items():
         click.echo(f"  {name}: {size / 1e6:.1f} MB")
@@ -131,12 +131,14 @@ def apply(repo: Path) -> None:
 @click.option("--max-rows", type=int, default=1_000_000, show_default=True, help="Sample whole customers down to about this many label rows (0: all).")
 def train(as_of: str | None, model_dir: Path | None, repo: Path, max_rows: int) -> None:
     """Build a point-in-time training set from churn_v1, train XGBoost, write a bundle."""
-    from training.bundle import DEFAULT_MODEL_DIR
-    from training.store import open_store
     from training.times import parse_time
-    from training.train import train as run
 
     when = parse_time(as_of) if as_of else None
+
+    from training.bundle import DEFAULT_MODEL_DIR
+    from training.store import open_store
+    from training.train import train as run
+
     started = time.perf_counter()
     with tqdm_steps(4) as step:
         result = run(open_store(repo), repo, model_dir or DEFAULT_MODEL_DIR, when, max_rows or None, step=step)

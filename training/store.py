@@ -8,11 +8,18 @@ notebook's `FeatureStore(repo_path="feature_repo")` sees exactly what this funct
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from feast import FeatureStore
 
-REPO_DIR = Path(__file__).resolve().parent.parent / "feature_repo"
+from training.paths import REPO_DIR
+
+# Library chatter that says nothing to a user of this project. Set after importing Feast, whose
+# modules put `simplefilter("once", ...)` rules in front of any set before.
+warnings.filterwarnings("ignore", message="fetch_arrow_table", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message="On demand feature view is an experimental", category=RuntimeWarning)
+
 REDIS_ENV = "SKEWLESS_REDIS"  # the variable feature_store.yaml takes the Redis connection from
 
 

@@ -37,7 +37,9 @@ def parse_duration(value: str, option: str = "duration") -> timedelta:
     return age
 
 
-def start_of_day(value: str) -> datetime:
-    """Midnight UTC of `today` or of the given date."""
-    t = datetime.now(timezone.utc) if value == "today" else parse_time(value).astimezone(timezone.utc)
-    return t.replace(hour=0, minute=0, second=0, microsecond=0)
+def data_end(value: str) -> datetime:
+    """When generated data ends: `today` is midnight UTC (the same bytes all day for a seed),
+    `now` or an ISO time that moment to the second (data that is fresh when a demo serves it)."""
+    if value == "today":
+        return datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return parse_time(value).astimezone(timezone.utc).replace(microsecond=0)

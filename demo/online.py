@@ -1,0 +1,112 @@
+"""`skewless demo-online`: materialize, start the service, ask it for predictions with curl, stop.
+
+What `make demo` runs for the online path, so a new user sees real requests and answers. Every
+command it prints is run exactly as printed (through bash), and the demo fails if one fails:
+what a user pastes is what was shown to work. The service listens on port 8000, the port
+`skewless serve` uses by default, so the same lines work again against `skewless serve`
+(another free port when 8000 is taken, and the lines say so). What happened goes to
+data/demo/online.json for `skewless demo-summary`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from training.paths import DATA_DIR, REPO_DIR
+
+DEFAULT_PORT = 8000
+RESULT = DATA_DIR / "demo" / "online.json"
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def curl_post(base: str, path: str, body: dict) -> str:
+    """A curl line that works when pasted: JSON body, with its content type."""
+    return f"curl -s -X POST {base}{path} -H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))}"
+
+
+def run_printed(command: str) -> str:
+    """Print `command`, run it exactly as printed, print and return its output; fail the demo if it fails."""
+    click.echo(f"$ {command}")
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise click.ClickException(f"the printed command failed (exit {result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
+    click.echo(result.stdout.strip())
+    return result.stdout
+
+
+@click.command("demo-online")
+@click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=REPO_DIR, show_default=True)
+@click.option("--customers", "count", type=int, default=3, show_default=True, help="How many customers to ask about with curl.")
+@click.option("--traffic", type=int, default=1000, show_default=True, help="More predictions through /predict/batch, for the skew report.")
+@click.option("--result", "result_path", type=click.Path(dir_okay=False, path_type=Path), default=RESULT, show_default=True)
+def demo_online(repo: Path, count: int, traffic: int, result_path: Path) -> None:
+    """Materialize to now, serve, POST /predict for a few customers (printed curl lines), then stop the service."""
+    import httpx
+
+    from batch.retrieval import active_customers
+    from online_store.materialize import materialize
+    from online_store.redis_server import free_port, redis_for_feast
+    from training.store import open_store
+
+    with redis_for_feast() as endpoint:
+        store = open_store(repo)
+        now = datetime.now(timezone.utc)
+        summary = materialize(store, now)  # a new, empty Redis holds no watermark: each view loads whole
+        click.echo(f"materialized {len(summary['views'])} views into redis {endpoint.host}:{endpoint.port} "
+                   f"({summary['rows']:,} rows) in {summary['seconds']:.1f}s")
+        active = active_customers(store, now)
+        ids = active.sample(count, random_state=1).tolist()
+        port = DEFAULT_PORT if port_is_free(DEFAULT_PORT) else free_port()
+        env = dict(os.environ, SKEWLESS_REPO_PATH=str(repo))
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--port", str(port), "--log-level", "warning"],
+            env=env,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise click.ClickException("the service did not become ready: see its output above")
+                time.sleep(0.2)
+            click.echo(f"the service answers at {base} (docs at {base}/docs)" + ("" if port == DEFAULT_PORT else f"; port {DEFAULT_PORT} was taken"))
+            answers = [json.loads(run_printed(curl_post(base, "/predict", {"customer_id": cid}))) for cid in ids]
+            run_printed(curl_post(base, "/predict/batch", {"customer_ids": [*ids[:2], 10**12]}))
+            run_printed(f"curl -s {base}/ready")
+            # traffic for the skew report: active customers, 100 per request
+            crowd = active.sample(min(traffic, len(active)), random_state=0).tolist()
+            for i in range(0, len(crowd), 100):
+                httpx.post(f"{base}/predict/batch", json={"customer_ids": crowd[i:i + 100]}, timeout=30).raise_for_status()
+            click.echo(f"served {len(crowd):,} more predictions through /predict/batch for the skew report")
+        finally:
+            server.terminate()  # a clean shutdown flushes the feature log
+            server.wait(timeout=30)
+    result_path.parent.mkdir(parents=True, exist_ok=True)
+    result = {"at": now.isoformat(), "port": port, "predictions": len(answers) + 2 + len(crowd), "answers": answers,
+              "materialized_rows": summary["rows"]}
+    tmp = result_path.with_name(f".{result_path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(result_path)

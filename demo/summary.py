@@ -1,0 +1,68 @@
+"""`skewless demo-summary`: the last thing `make demo` prints: what ran, where it went, whether it holds.
+
+Read back from what the steps wrote (the bundle, the runs table, the demo's and the report's
+JSON), so it says what is on disk, not what a step meant to do. Every command it suggests
+works when pasted (tests/test_commands.py runs them).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from training.paths import DATA_DIR, PREDICTIONS_DB, PREDICTIONS_DIR, REPO_DIR
+
+REPORT = DATA_DIR / "skew_report.html"
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+@click.command("demo-summary")
+@click.option("--started", default=None, help="When the demo started (ISO 8601), for its wall time.")
+def demo_summary(started: str | None) -> None:
+    """Summarize the demo: what ran, where the outputs are, the skew result, what to try next."""
+    from batch.status import latest_runs
+    from demo.online import RESULT
+    from training.bundle import DEFAULT_MODEL_DIR, load_bundle
+    from training.times import parse_time
+
+    bundle = load_bundle("latest", DEFAULT_MODEL_DIR)
+    runs = latest_runs(PREDICTIONS_DB)
+    online = json.loads(RESULT.read_text())
+    report = json.loads(REPORT.with_suffix(".json").read_text())
+    ok = not report["skewed_features"] and not report["drifted"]
+    took = ""
+    if started:
+        seconds = (datetime.now(timezone.utc) - parse_time(started)).total_seconds()
+        took = f" in {seconds // 60:.0f} min {seconds % 60:.0f} s"
+    m = bundle.manifest["metrics"]
+    color = "green" if ok else "red"
+    lines = [
+        f"demo {'finished' if ok else 'finished with an alert'}{took}: generate, apply, train, batch score, materialize + serve, skew report",
+        f"  data     {_rel(REPO_DIR / 'data')}/ (profiles, activity, labels), registered in {_rel(REPO_DIR / 'data' / 'registry.db')}",
+        f"  model    {bundle.name}/{bundle.version} on {bundle.feature_service}: ROC-AUC {m['model']['roc_auc']:.3f} "
+        f"(baseline {m['baseline_logistic']['roc_auc']:.3f}, ceiling {m['ceiling_true_hazard']['roc_auc']:.3f}) in {_rel(bundle.path)}",
+    ]
+    if not runs.empty:
+        r = runs.iloc[0]
+        lines.append(f"  batch    {int(r['rows']):,} customers scored as of {r['as_of']:%Y-%m-%d %H:%M} UTC into {_rel(PREDICTIONS_DB)} "
+                     f"(table churn_predictions) and {_rel(PREDICTIONS_DIR)}/")
+    lines += [
+        f"  online   {online['predictions']:,} predictions served from Redis ({online['materialized_rows']:,} rows materialized)",
+        f"  skew     {report['rows_differing']:,} of {report['requests']:,} served rows differ from point-in-time truth"
+        + (f"; skew in {', '.join(report['skewed_features'])}" if report["skewed_features"] else "")
+        + (f"; drift in {', '.join(report['drifted'])}" if report["drifted"] else f"; no drift past PSI {report['max_psi']:g}"),
+        f"  report   python3 -m webbrowser {REPORT.resolve().as_uri()}",
+        "  next     .venv/bin/skewless score top -n 10          (the churn list, from DuckDB)",
+        "           .venv/bin/skewless serve                      (the service on :8000, its own Redis; then the curl lines above)",
+    ]
+    for line in lines:
+        click.secho(line, fg=color)

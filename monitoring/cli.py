@@ -1,0 +1,62 @@
+"""`skewless skew-report`: replay served requests through point-in-time retrieval; report skew and drift.
+
+Writes one self-contained HTML page and the PSI chart as PNG (monitoring/report_page.py),
+prints the same tables, and exits 1 when a threshold is passed so a scheduler can alert.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from training.paths import DATA_DIR, FEATURE_LOG_DIR, PREDICTIONS_DB, REPO_DIR
+
+REPORT_HTML = DATA_DIR / "skew_report.html"
+
+
+@click.command("skew-report")
+@click.option("--since", default=None, help="Only requests at or after this time (ISO 8601).")
+@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=FEATURE_LOG_DIR, show_default=True, help="Feature logs.")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=PREDICTIONS_DB, show_default=True, help="Batch predictions.")
+@click.option("--model", "version", default="latest", show_default=True)
+@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where bundles are (default: models/, or SKEWLESS_MODEL_DIR).")
+@click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=REPO_DIR, show_default=True)
+@click.option("--max-mismatch", type=float, default=0.0, show_default=True, help="Alert when a feature's mismatch share is above this.")
+@click.option("--max-psi", type=float, default=0.25, show_default=True, help="Alert when a PSI is above this.")
+@click.option("--min-customers", type=int, default=100, show_default=True, help="Served customers needed before the served features' drift is computed.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=REPORT_HTML, show_default=True, help="The report page.")
+@click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), default=None, help="PNG chart path (default: beside the page, .png).")
+def skew_report_command(since, log_dir, db_path, version, model_dir, repo, max_mismatch, max_psi, min_customers, html_path, chart) -> None:
+    """Replay served requests through point-in-time retrieval; report skew and drift (HTML + PNG)."""
+    from training.times import parse_time
+
+    when = parse_time(since) if since else None
+
+    from monitoring.report_page import write_report
+    from monitoring.skew_report import build_report, format_drift, format_skew
+    from training.bundle import DEFAULT_MODEL_DIR, BundleError, load_bundle
+    from training.store import open_store
+
+    store = open_store(repo)
+    try:
+        bundle = load_bundle(version, model_dir or DEFAULT_MODEL_DIR, store=store)
+    except BundleError as exc:
+        raise click.ClickException(str(exc)) from None
+    report = build_report(store, bundle, log_dir, db_path, when, min_customers)
+    click.echo(f"skew report for {report.model} ({report.feature_service}): {report.requests:,} logged rows "
+               f"({report.customers:,} customers) replayed at their request times")
+    click.echo(f"  {report.rows_differing:,} of {report.requests:,} served rows differ from point-in-time truth "
+               f"({report.values_differing:,} of {report.values_compared:,} values)")
+    click.echo(format_skew(report.skews))
+    click.echo("")
+    if report.drift_note:
+        click.echo(report.drift_note)
+    click.echo(format_drift(report.drift, max_psi))
+    page, png = write_report(report, bundle, max_mismatch, max_psi, html_path, chart or html_path.with_suffix(".png"))
+    click.echo(f"report: {page} (chart {png}); open it with: python3 -m webbrowser {page.resolve().as_uri()}")
+    skewed = [s.feature for s in report.skews if s.share > max_mismatch]
+    drifted = report.drift.loc[report.drift["psi"] > max_psi, "name"].tolist()
+    if skewed or drifted:
+        parts = ([f"skew in {', '.join(skewed)}"] if skewed else []) + ([f"drift in {', '.join(drifted)}"] if drifted else [])
+        raise click.ClickException("; ".join(parts))
