@@ -10,6 +10,7 @@ file, an unwritable output) is one line on stderr and exit code 1, with nothing 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -111,7 +112,7 @@ def score(ctx, as_of, ids_file, all_active, version, model_dir, repo, out_dir, d
     if ids_file is not None:
         ids, duplicates = read_ids(ids_file)
     db, parquet_root = _outputs(out_dir, db_path, parquet_dir)
-    summary = _run(repo, model_dir, version, when, ids, db, parquet_root, chunk_rows)
+    summary, parquet_root, served = _run(repo, model_dir, version, when, ids, db, None if parquet_dir is None and out_dir is None else parquet_root, chunk_rows)
     for warning in summary.warnings:
         click.echo(f"warning: {warning}", err=True)
     if duplicates:
@@ -123,6 +124,7 @@ def score(ctx, as_of, ids_file, all_active, version, model_dir, repo, out_dir, d
         _print_top(top_customers(db, top_n, run_id=summary.run_id), indent="  ")
     if ids is not None:
         click.echo(f"  an ad-hoc run (a list of IDs): `skewless score status` and `score top` follow full runs; see it with `skewless score top --run-id {summary.run_id}`")
+    click.echo(f"  online: {served}")
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary.to_json() | {"duplicates": duplicates}, indent=2) + "\n")
 
@@ -133,26 +135,61 @@ def _run(repo, model_dir, version, when, ids, db, parquet_root, chunk_rows):
 
     from batch.job import run_batch
     from batch.outputs import OutputError
+    from batch.publish import scores_dir
     from batch.retrieval import DEFAULT_CHUNK_ROWS
+    from online_store.redis_server import configured_endpoint, redis_for_feast
     from training.bundle import DEFAULT_MODEL_DIR, BundleError, load_bundle
+    from training.paths import PREDICTIONS_DIR
     from training.store import open_store
 
-    store = open_store(repo)
-    try:
-        bundle = load_bundle(version, model_dir or DEFAULT_MODEL_DIR, store=store)
-    except BundleError as exc:
-        raise click.ClickException(str(exc)) from None
-    _abort_on_sigterm()
-    with tqdm(unit="customer", unit_scale=True, desc="score", file=sys.stderr, disable=None, leave=False) as bar:
+    with contextlib.ExitStack() as stack:
+        # a named Redis must answer before anything is scored: the run is published there after it commits
+        endpoint = stack.enter_context(redis_for_feast()) if configured_endpoint() is not None else None
+        store = open_store(repo)
         try:
-            return run_batch(
-                store, bundle, when, None if ids is None else ids, db, parquet_root, chunk_rows or DEFAULT_CHUNK_ROWS,
-                progress=bar.update, on_total=lambda n: (setattr(bar, "total", n), bar.refresh()),
-            )
-        except OutputError as exc:
+            bundle = load_bundle(version, model_dir or DEFAULT_MODEL_DIR, store=store)
+        except BundleError as exc:
             raise click.ClickException(str(exc)) from None
-        except duckdb.Error as exc:
-            raise click.ClickException(f"DuckDB failed: {str(exc).strip().splitlines()[0]}") from None
+        served_dir = scores_dir(store)  # where the churn_scores view reads; a run written there is served by ID
+        if parquet_root is None:
+            parquet_root = served_dir.parent if served_dir is not None else PREDICTIONS_DIR
+        _abort_on_sigterm()
+        with tqdm(unit="customer", unit_scale=True, desc="score", file=sys.stderr, disable=None, leave=False) as bar:
+            try:
+                summary = run_batch(
+                    store, bundle, when, None if ids is None else ids, db, parquet_root, chunk_rows or DEFAULT_CHUNK_ROWS,
+                    progress=bar.update, on_total=lambda n: (setattr(bar, "total", n), bar.refresh()),
+                )
+            except OutputError as exc:
+                raise click.ClickException(str(exc)) from None
+            except duckdb.Error as exc:
+                raise click.ClickException(f"DuckDB failed: {str(exc).strip().splitlines()[0]}") from None
+        return summary, parquet_root, _publish(store, summary, bundle, endpoint, served_dir, parquet_root)
+
+
+def _publish(store, summary, bundle, endpoint, served_dir: Path | None, parquet_root: Path) -> str:
+    """Load the committed run into the named Redis; one line saying what the online copy now is."""
+    from batch.outputs import TABLE
+    from batch.publish import publish
+
+    if served_dir is None:
+        return "the Feast repo has no scores view (tag kind: scores): scores are in DuckDB and Parquet only"
+    if served_dir != parquet_root / TABLE:
+        return f"not published: the churn_scores view reads {served_dir}, this run wrote under {parquet_root}"
+    if endpoint is None:
+        return ("no Redis named (REDIS_URL or SKEWLESS_REDIS): not published for /scores; "
+                "`skewless materialize` with a Redis named loads every run's scores")
+    try:
+        run = publish(store, summary.as_of, bundle.name)
+    except Exception as exc:  # the run is committed; only the online copy is behind
+        raise click.ClickException(
+            f"the run is committed to DuckDB and Parquet, but publishing it to redis {endpoint.host}:{endpoint.port} failed "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): run `skewless materialize` to load it (safe to repeat)"
+        ) from None
+    where = f"redis {endpoint.host}:{endpoint.port} db {endpoint.db}"
+    if run is None:
+        return f"published to {where}; it serves no full run of {bundle.name} yet"
+    return f"published to {where}: it serves {run.model_name}/{run.model_version} full run {run.run_id} (as-of {run.as_of:%Y-%m-%d %H:%M:%S} UTC, {run.rows:,} rows)"
 
 
 def _abort_on_sigterm() -> None:
@@ -218,8 +255,10 @@ def _segments(s):
 @click.option("--max-age", default="26h", show_default=True, help="Fail when the newest full run was scored longer ago than this (e.g. 26h, 90m, 8d).")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output root holding predictions.duckdb (default: data/).")
 @click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="DuckDB file (overrides --out-dir).")
-def status(max_age: str, out_dir: Path | None, db_path: Path | None) -> None:
-    """Newest full run per model (as-of, scored-at, rows); exit 1 when older than --max-age or absent.
+@click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=REPO_DIR, show_default=True, help="The Feast repository (its project names the online copy).")
+def status(max_age: str, out_dir: Path | None, db_path: Path | None, repo: Path) -> None:
+    """Newest full run per model (as-of, scored-at, rows) in DuckDB and in the online copy; exit 1 when
+    older than --max-age, absent, or when the Redis named (REDIS_URL) serves another run.
 
     Only full runs (every active customer) count: ad-hoc runs over a list of IDs are listed, not counted as fresh.
     """
@@ -245,8 +284,42 @@ def status(max_age: str, out_dir: Path | None, db_path: Path | None) -> None:
     if fresh.runs.empty:
         what = "only ad-hoc runs" if len(fresh.ad_hoc) else "no batch runs"
         raise click.ClickException(f"{what} in {db}: no full run to be fresh (run `skewless score --as-of now`)")
+    behind = _check_online_copy(fresh.runs, repo)
     if fresh.stale:
         raise click.ClickException(f"stale predictions for {', '.join(fresh.stale)}: the newest full run is older than {max_age}")
+    if behind:
+        raise click.ClickException(behind)
+
+
+def _check_online_copy(runs, repo: Path) -> str | None:
+    """Compare each model's newest full run with the run the named Redis serves; the problem, if any."""
+    import yaml
+
+    from online_store.redis_server import configured_endpoint
+    from online_store.served_runs import read_runs
+
+    endpoint = configured_endpoint()
+    if endpoint is None:
+        click.echo("      online copy: not checked (no Redis named: set REDIS_URL to check what /scores serves)")
+        return None
+    project = yaml.safe_load((repo / "feature_store.yaml").read_text())["project"]
+    where = f"redis {endpoint.host}:{endpoint.port} db {endpoint.db}"
+    try:
+        served = read_runs(endpoint.client(), project)
+    except Exception as exc:  # redis errors and refused connections alike: one line
+        return f"the online copy cannot be read: {where} ({type(exc).__name__}: {exc})"
+    problems = []
+    for r in runs.itertuples():
+        online = served.get(r.model_name)
+        if online is not None and online.run_id == r.run_id and online.rows == r.rows:
+            click.echo(f"ok    online copy ({where}): {r.model_name} serves the same full run {r.run_id}, {online.rows:,} rows")
+            continue
+        what = "no full run" if online is None else f"run {online.run_id} (as-of {online.as_of:%Y-%m-%d %H:%M:%S}, {online.rows:,} rows)"
+        click.echo(f"BEHIND online copy ({where}): {r.model_name} serves {what}, not the newest full run {r.run_id}")
+        problems.append(r.model_name)
+    if problems:
+        return f"the online copy of {', '.join(problems)} in {where} is not the newest full run: load it with `skewless materialize`"
+    return None
 
 
 def _hours(now, then) -> str:

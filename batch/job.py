@@ -117,7 +117,7 @@ def check_as_of(store, contract, as_of: datetime) -> list[str]:
     return warnings
 
 
-def prediction_table(ids: np.ndarray, scores, bundle: Bundle, as_of: datetime, scored_at: datetime, run_id: str) -> pa.Table:
+def prediction_table(ids: np.ndarray, scores, bundle: Bundle, as_of: datetime, scored_at: datetime, run_id: str, kind: str) -> pa.Table:
     """One chunk of output rows (the churn_predictions schema); times are naive UTC."""
     n = len(ids)
 
@@ -135,6 +135,7 @@ def prediction_table(ids: np.ndarray, scores, bundle: Bundle, as_of: datetime, s
             "as_of": const(as_of, pa.timestamp("us")),
             "scored_at": const(scored_at, pa.timestamp("us")),
             "run_id": const(run_id, pa.string()),
+            "run_kind": const(kind, pa.string()),
         }
     )
 
@@ -218,7 +219,7 @@ def run_batch(
                             frame = frame[found]
                         s = score(bundle, frame)
                         chunk_ids = frame["customer_id"].to_numpy(dtype=np.int64)
-                        table = prediction_table(chunk_ids, s, bundle, as_of_naive, scored_at, run_id)
+                        table = prediction_table(chunk_ids, s, bundle, as_of_naive, scored_at, run_id, kind)
                         missing, unseen = _count_inputs(bundle, frame)
                         summary.with_missing_features += missing
                         summary.with_unseen_category += unseen

@@ -45,6 +45,7 @@ COLUMNS = [
     ("as_of", "TIMESTAMP", pa.timestamp("us")),
     ("scored_at", "TIMESTAMP", pa.timestamp("us")),
     ("run_id", "VARCHAR", pa.string()),
+    ("run_kind", "VARCHAR", pa.string()),  # full | ad-hoc: the Parquet files are also the churn_scores view's source
 ]
 ARROW_SCHEMA = pa.schema([(name, arrow) for name, _, arrow in COLUMNS])
 SCHEMA_SQL = f"CREATE TABLE IF NOT EXISTS {TABLE} (" + ", ".join(f"{n} {t}" for n, t, _ in COLUMNS) + ")"

@@ -1,10 +1,11 @@
-"""Benchmark the online path: skewless /predict and /predict/batch beside stock `feast serve`.
+"""Benchmark the online path: skewless /predict, /predict/batch and /scores beside stock `feast serve`.
 
     uv run python bench/online.py [--customers 50000] [--seconds 10] [--repeat 3] [--workers 2] [--no-feast]
 
 1. Prepares bench/results/online-<n>/: a copy of feature_repo, data generated to end today,
-   applied with the stock `feast apply`, a model trained on it. Reused while its data still
-   ends today.
+   applied with the stock `feast apply`, a model trained on it, and a batch run scored with it
+   into the churn_scores view's directory (what GET /scores serves). Reused while its data
+   still ends today.
 2. Starts a private redis-server on a loopback port and fills it with Feast's materialize
    (activity from 120 days back, as a long-running Redis holds rows that have since expired).
 3. Starts the service with the real command (`skewless serve --workers N`) and stock
@@ -262,7 +263,13 @@ def prepare(n: int, redis_feast: str) -> tuple[Path, Path]:
     generate(GenerateConfig(customers=n, end=today), repo / "data")
     env = dict(os.environ, **{REDIS_ENV: redis_feast})
     subprocess.run([str(Path(sys.executable).with_name("feast")), "apply"], cwd=repo, env=env, check=True, capture_output=True)
-    train(open_store(repo), repo, models, max_rows=200_000)
+    store = open_store(repo)
+    result = train(store, repo, models, max_rows=200_000)
+    from batch.job import run_batch
+    from batch.publish import scores_dir
+
+    # the full run GET /scores serves: written where the churn_scores view reads, loaded by fill_redis
+    run_batch(store, result.bundle, datetime.now(timezone.utc).replace(microsecond=0), None, base / "predictions.duckdb", scores_dir(store).parent)
     marker.write_text(json.dumps({"end": today.isoformat(), "customers": n}))
     return repo, models
 
@@ -430,6 +437,11 @@ def main() -> None:
             refs = FeatureLookup(store, "churn_v1").refs
             feast_req = [http_post("/get-online-features", {"features": refs, "entities": {"customer_id": [c]}}) for c in sample]
             health = [http_get("/health")]
+            from serving.scores import COLUMNS
+
+            stored = [http_get(f"/scores/{c}") for c in sample]
+            feast_scores = [http_post("/get-online-features", {"features": [f"churn_scores:{f}" for f in COLUMNS], "entities": {"customer_id": [c]}})
+                            for c in sample]
 
             run_load(app_port, single, 100, 3)  # warm up both servers
             if feast:
@@ -440,11 +452,16 @@ def main() -> None:
                 ("skewless POST /predict", app, app_port, single, 1000, "/predict"),
                 ("skewless POST /predict", app, app_port, single, 1500, "/predict"),  # headroom
                 ("skewless POST /predict/batch (100 IDs)", app, app_port, batch, 20, "/predict/batch"),
+                ("skewless GET /scores/{id}", app, app_port, stored, 200, None),
+                ("skewless GET /scores/{id}", app, app_port, stored, 1000, None),
+                ("skewless GET /scores/{id}", app, app_port, stored, 2000, None),
             ]
             if feast:
                 scenarios += [
                     ("feast serve /get-online-features (1 ID)", feast, feast_port, feast_req, 200, None),
                     ("feast serve /get-online-features (1 ID)", feast, feast_port, feast_req, 1000, None),
+                    ("feast serve churn_scores (1 ID)", feast, feast_port, feast_scores, 200, None),
+                    ("feast serve churn_scores (1 ID)", feast, feast_port, feast_scores, 1000, None),
                 ]
             for rep in range(args.repeat):  # rounds over every scenario: a noisy minute spreads over all of them
                 for name, proc, port, payloads, rate, route in scenarios:

@@ -52,6 +52,23 @@ def run_printed(command: str) -> str:
     return result.stdout
 
 
+def duckdb_row(customer_id: int) -> dict | None:
+    """The customer's row of the newest full run in the predictions database, if there is one."""
+    import duckdb
+
+    from training.paths import PREDICTIONS_DB
+
+    if not PREDICTIONS_DB.exists():
+        return None
+    with duckdb.connect(str(PREDICTIONS_DB), read_only=True) as con:
+        row = con.execute(
+            "SELECT p.churn_probability, p.risk_segment, p.run_id, p.as_of FROM churn_predictions p JOIN churn_runs r USING (run_id) "
+            "WHERE r.kind = 'full' AND p.customer_id = ? ORDER BY p.as_of DESC, p.scored_at DESC LIMIT 1", [customer_id]).fetchone()
+    if row is None:
+        return None
+    return {"churn_probability": row[0], "risk_segment": row[1], "run_id": row[2], "as_of": f"{row[3]:%Y-%m-%d %H:%M:%S} UTC"}
+
+
 @click.command("demo-online")
 @click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=REPO_DIR, show_default=True)
 @click.option("--customers", "count", type=int, default=3, show_default=True, help="How many customers to ask about with curl.")
@@ -85,7 +102,7 @@ def demo_online(repo: Path, count: int, traffic: int, result_path: Path) -> None
             deadline = time.monotonic() + 120
             while True:
                 try:
-                    if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                    if httpx.get(f"{base}/ready?route=predict", timeout=1).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass
@@ -95,6 +112,11 @@ def demo_online(repo: Path, count: int, traffic: int, result_path: Path) -> None
             click.echo(f"the service answers at {base} (docs at {base}/docs)" + ("" if port == DEFAULT_PORT else f"; port {DEFAULT_PORT} was taken"))
             answers = [json.loads(run_printed(curl_post(base, "/predict", {"customer_id": cid}))) for cid in ids]
             run_printed(curl_post(base, "/predict/batch", {"customer_ids": [*ids[:2], 10**12]}))
+            stored = json.loads(run_printed(f"curl -s {base}/scores/{ids[0]}"))
+            duck = duckdb_row(ids[0])
+            if duck:
+                click.echo(f"  the same customer in DuckDB (churn_predictions, run {duck['run_id']}): probability {duck['churn_probability']}, "
+                           f"segment {duck['risk_segment']}, as-of {duck['as_of']}: the score /scores serves, no model call")
             run_printed(f"curl -s {base}/ready")
             # traffic for the skew report: active customers, 100 per request
             crowd = active.sample(min(traffic, len(active)), random_state=0).tolist()
@@ -106,7 +128,7 @@ def demo_online(repo: Path, count: int, traffic: int, result_path: Path) -> None
             server.wait(timeout=30)
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result = {"at": now.isoformat(), "port": port, "predictions": len(answers) + 2 + len(crowd), "answers": answers,
-              "materialized_rows": summary["rows"]}
+              "materialized_rows": summary["rows"], "stored_score": stored}
     tmp = result_path.with_name(f".{result_path.name}.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(result_path)

@@ -57,6 +57,8 @@ def demo_summary(started: str | None) -> None:
                      f"(table churn_predictions) and {_rel(PREDICTIONS_DIR)}/")
     lines += [
         f"  online   {online['predictions']:,} predictions served from Redis ({online['materialized_rows']:,} rows materialized)",
+        *([f"  scores   /scores/{s['customer_id']} served probability {s['churn_probability']:.4f} ({s['risk_segment']}) of run {s['run_id']}, "
+           f"{s['age_seconds']:.0f}s old: the batch row, by ID, no model call"] if (s := online.get("stored_score") or {}).get("status") == "ok" else []),
         f"  skew     {report['rows_differing']:,} of {report['requests']:,} served rows differ from point-in-time truth"
         + (f"; skew in {', '.join(report['skewed_features'])}" if report["skewed_features"] else "")
         + (f"; drift in {', '.join(report['drifted'])}" if report["drifted"] else f"; no drift past PSI {report['max_psi']:g}"),

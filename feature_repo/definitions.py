@@ -8,16 +8,18 @@ from datetime import timedelta
 from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, RequestSource
+from feast.data_format import ParquetFormat
 from feast.on_demand_feature_view import on_demand_feature_view
-from feast.types import Float64, Int64, String, UnixTimestamp
+from feast.types import Float64, Int32, Int64, String, UnixTimestamp
 from feast.value_type import ValueType
 
 DATA = Path(__file__).parent / "data"
+PREDICTIONS = Path(__file__).parent.parent / "data" / "predictions" / "churn_predictions"  # where `skewless score` writes
 OWNER = "ml-platform@skewless.dev"
 TAGS = {"team": "ml-platform", "domain": "churn"}
 # `cadence`: how often a view's source gets new rows, so how often it is materialized. The
-# online copy counts as stale (the service's /ready is 503) once its watermark is older than
-# two cadences: a missed run.
+# online copy counts as stale (the service's /ready is 503) once it is older than one cadence
+# and a day: a run missed or a day late.
 DAILY = {**TAGS, "cadence": "1d"}
 
 customer = Entity(
@@ -143,6 +145,37 @@ def customer_derived(inputs: dict) -> dict:
         "fee_per_seat": [ratio(f, s) for f, s in zip(inputs["monthly_fee"], inputs["seats"])],
     }
 
+
+scores_source = FileSource(
+    name="churn_scores_source",
+    path=str(PREDICTIONS),
+    file_format=ParquetFormat(),
+    timestamp_field="as_of",
+    created_timestamp_column="scored_at",
+    description="Churn scores, one Parquet file per batch run (as_of_date=YYYY-MM-DD/), written by `skewless score`.",
+    owner=OWNER,
+    tags=TAGS,
+)
+
+churn_scores = FeatureView(
+    name="churn_scores",
+    entities=[customer],
+    ttl=timedelta(days=3650),  # kept however old: the service reports a score past its budget as stale
+    schema=[
+        Field(name="churn_probability", dtype=Float64, description="Probability of churn in the next 30 days."),
+        Field(name="churn_prediction", dtype=Int32, description="1 when the probability reaches the model's threshold."),
+        Field(name="risk_segment", dtype=String, description="Low, Medium or High."),
+        Field(name="model_name", dtype=String, description="The model that scored it."),
+        Field(name="model_version", dtype=String, description="The bundle version that scored it."),
+        Field(name="run_id", dtype=String, description="The batch run that wrote it."),
+        Field(name="run_kind", dtype=String, description="full (every active customer), ad-hoc (a list of IDs)."),
+    ],
+    source=scores_source,
+    online=True,
+    description="The latest precomputed churn score of each customer, served by ID.",
+    owner=OWNER,
+    tags={**TAGS, "cadence": "7d", "kind": "scores"},  # scored weekly; `kind`: rows carry their run
+)
 
 churn_v1 = FeatureService(
     name="churn_v1",

@@ -62,6 +62,7 @@ own local engine unchanged, with a line on stderr saying why.
 from __future__ import annotations
 
 import contextlib
+import glob
 import shutil
 import sys
 import tempfile
@@ -87,7 +88,7 @@ from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from feast.value_type import ValueType
 from pydantic import StrictInt, StrictStr
 
-from online_store import watermark
+from online_store import served_runs, watermark
 from online_store.redis_layout import feature_field, int_key_layout, ts_field, view_name
 from training.prefetch import prefetch
 from training.sql import ident, literal
@@ -157,9 +158,12 @@ class SkewlessRedisEngine(LocalComputeEngine):
                 keeper.advance()
             return job
         try:
-            run = write_view(plan, self.online_store._get_client(config.online_store), task.start_time, task.end_time, self.options)
+            client = self.online_store._get_client(config.online_store)
+            run = write_view(plan, client, task.start_time, task.end_time, self.options)
             if tracked:
-                keeper.advance()
+                end = keeper.advance()
+                if served_runs.is_scores_view(view):  # which batch run this Redis now serves, per model
+                    served_runs.record(client, task.project, plan.path, end)
         except Exception as exc:  # Feast re-raises the job's error after restoring the view's state
             return LocalMaterializationJob(job_id=job_id, status=MaterializationJobStatus.ERROR, error=exc)
         self.runs.append(run)
@@ -195,10 +199,12 @@ class WatermarkKeeper:
         self.end, self.read_at = end, datetime.now(timezone.utc)
         return start
 
-    def advance(self) -> None:
+    def advance(self) -> datetime:
+        """Move the watermark to the run's end; return that end."""
         mark = watermark.Watermark(self.name, min(self.end, self.read_at), self.registry, self.project,
                                    watermark.definition(self.view), datetime.now(timezone.utc))
         watermark.advance(self.client, self.project, mark)
+        return mark.end
 
 
 # --- what to read and how to write it ------------------------------------------------------
@@ -266,9 +272,11 @@ def plan_view(config: RepoConfig, view, disable_event_timestamp: bool = False) -
         return "Feast's entity key layout is not prefix + int64 + project"
     name = view_name(view, config)
     path = FileSource.get_uri_for_file_path(config.repo_path, source.path)
+    # a directory of Parquet files (perhaps none yet: a view whose first rows are still to come)
+    many = Path(path).is_dir() or (source.file_format is not None and not path.endswith(".parquet"))
     return ViewPlan(
         name=name,
-        path=f"{path}/**/*.parquet" if Path(path).is_dir() else path,
+        path=f"{path}/**/*.parquet" if many else path,
         join_key=join_key,
         features=features,
         timestamp=source.timestamp_field,
@@ -295,6 +303,8 @@ def latest_rows(plan: ViewPlan, start: datetime, end: datetime, batch_rows: int,
     Winners are chosen by position in the file alone (one integer per entity, a table DuckDB
     keeps small or spills), then the wide rows are streamed out of the file in batches.
     """
+    if plan.path.endswith("*.parquet") and not glob.glob(plan.path, recursive=True):
+        return 0, (batch for batch in ()), 0.0  # a directory source with no files yet: nothing to load
     spill = tempfile.mkdtemp(prefix="skewless-duckdb-")  # one per run: concurrent runs must not share
     con = duckdb.connect(config={"memory_limit": memory_limit, "preserve_insertion_order": False, "temp_directory": spill})
     many = plan.path.endswith("*.parquet")

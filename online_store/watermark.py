@@ -31,7 +31,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 KEY_PREFIX = b"skewless:watermark:"
-CADENCE_TAG = "cadence"  # feature view tag: how often new rows land, e.g. "1d" (budget = 2 x cadence)
+CADENCE_TAG = "cadence"  # feature view tag: how often new rows land, e.g. "1d" (budget = cadence + 1 day)
+SLACK = timedelta(days=1)  # a freshness budget is one cadence and this: a run late by up to a day is fine
 FULL_WINDOW_START = datetime(1970, 1, 1, tzinfo=timezone.utc)  # the start of a view without TTL
 
 # Moves a view's watermark forward only: a run that ends earlier (a backfill of an old window)
@@ -155,7 +156,8 @@ def full_window_start(view, end: datetime) -> datetime:
 
 
 def budget(view, override: timedelta | None = None) -> timedelta | None:
-    """The freshness budget of a view: `override`, else 2 x its `cadence` tag, else none."""
+    """The freshness budget of a view: `override`, else its `cadence` tag plus a day (2 days for a
+    daily view, 8 for a weekly one), else none."""
     if override is not None:
         return override
     cadence = (view.tags or {}).get(CADENCE_TAG)
@@ -163,7 +165,7 @@ def budget(view, override: timedelta | None = None) -> timedelta | None:
         return None
     from training.times import parse_duration
 
-    return 2 * parse_duration(cadence)
+    return parse_duration(cadence, f"the cadence tag of {view.name}") + SLACK
 
 
 def _micros(t: datetime) -> int:

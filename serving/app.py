@@ -21,9 +21,10 @@ import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as FastAPIPath
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -32,7 +33,21 @@ from starlette.responses import Response
 
 from serving.breaker import StoreUnavailable
 from serving.metrics import ERRORS, REQUESTS, render
-from serving.schemas import BatchRequest, BatchResponse, ErrorResponse, Health, Prediction, PredictRequest, Readiness
+from serving.schemas import (
+    INT64_MAX,
+    BatchRequest,
+    BatchResponse,
+    ErrorResponse,
+    Health,
+    Prediction,
+    PredictRequest,
+    Readiness,
+    ScoreNotCurrent,
+    ScoresRequest,
+    ScoresResponse,
+    StoredScore,
+)
+from serving.scores import NoScoresView
 from serving.service import STORE_ERRORS, Service, start
 from serving.settings import Settings
 
@@ -144,6 +159,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def store_unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
+    @app.exception_handler(NoScoresView)
+    async def no_scores_view(_: Request, exc: NoScoresView) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "stale": False}, status_code=404)
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         """FastAPI's 422 (`detail`: the list of errors) plus `message`: one line a person can act on."""
@@ -180,6 +199,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Predictions for up to 1,000 customers in request order; an ID without features gets status not_found."""
         return PydanticJSON(BatchResponse.model_construct(predictions=service.predict(body.customer_ids, include_features)))
 
+    @app.get(
+        "/scores/{customer_id}", response_model=StoredScore, response_model_exclude_none=True, tags=["scores"],
+        responses={404: {"model": ScoreNotCurrent, "description": "No stored score, or one past its freshness budget (`stale`)."}, **ERROR_RESPONSES},
+    )
+    async def stored_score(customer_id: Annotated[int, FastAPIPath(ge=0, le=INT64_MAX, description="The customer's ID (int64).")],
+                           service: ServiceDep) -> Response:
+        """The stored (precomputed) score of one customer, with its model version, as-of, source and age; no model call."""
+        s = service.stored_scores([customer_id])[0]
+        if s.status == "not_found":
+            return JSONResponse({"detail": f"customer {customer_id} has no stored score", "stale": False}, status_code=404)
+        if s.status == "stale":
+            return JSONResponse({"detail": f"the stored score of customer {customer_id} is stale: as of {s.as_of}, older than "
+                                           f"the freshness budget of {s.model_name}", "stale": True, "age_seconds": s.age_seconds,
+                                 "as_of": s.as_of, "max_age_seconds": s.max_age_seconds}, status_code=404)
+        return PydanticJSON(s)
+
+    @app.post("/scores/batch", response_model=ScoresResponse, response_model_exclude_none=True, tags=["scores"], responses=ERROR_RESPONSES)
+    async def stored_scores(body: ScoresRequest, service: ServiceDep) -> Response:
+        """Stored scores of up to 1,000 customers in request order; `not_found` and `stale` slots carry no values."""
+        return PydanticJSON(ScoresResponse.model_construct(scores=service.stored_scores(body.customer_ids)))
+
     @app.get("/health", response_model=Health, tags=["operations"])
     async def health() -> Health:
         """The process is alive (liveness); says nothing about Redis or the model."""
@@ -187,15 +227,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/ready", response_model=Readiness, response_model_exclude_none=True, tags=["operations"],
              responses={503: {"model": Readiness, "description": "Not ready, with the reason."}})
-    async def ready(request: Request):
-        """Model loaded, Redis answering, and every feature view the model needs loaded in this Redis and fresh (readiness)."""
+    async def ready(request: Request, route: Annotated[Literal["predict", "scores"] | None, Query(
+            description="Check only what one route family needs: `predict` (features) or `scores` (a fresh batch run).")] = None):
+        """Readiness: the model loaded, Redis answering, every feature view the model needs loaded in this Redis and
+        fresh (for /predict), and the newest full batch run published for /scores within its budget (with its age).
+        `?route=scores` also requires that a run was published at all."""
         service: Service | None = getattr(request.app.state, "service", None)
         if service is None:
             return JSONResponse({"ready": False, "reason": "model not loaded"}, status_code=503)
-        reason = service.ready()
+        reason, run = service.ready(route)
+        scores = None if run is None else run.model_dump()
+        model = f"{service.bundle.name}/{service.bundle.version}"
         if reason:
-            return JSONResponse({"ready": False, "reason": reason}, status_code=503)
-        return Readiness(ready=True, model=f"{service.bundle.name}/{service.bundle.version}")
+            return JSONResponse({"ready": False, "model": model, "reason": reason, **({"scores": scores} if scores else {})}, status_code=503)
+        return Readiness(ready=True, model=model, scores=run)
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
     async def metrics(request: Request) -> Response:
@@ -203,7 +248,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service: Service | None = getattr(request.app.state, "service", None)
         if service is not None:
             try:
-                service.freshness()  # the watermark ages, read from Redis at the scrape
+                service.freshness()  # the watermark ages and the served run's age, read from Redis at the scrape
+                if service.scores is not None:
+                    service.served_run()
             except STORE_ERRORS:
                 pass  # Redis down: /ready says so; the gauges keep their last values
         body, content_type = render()

@@ -50,6 +50,14 @@ FEATURE_WATERMARK_AGE = Gauge(
     "Per feature view: now - the time up to which the online store holds it (its watermark); -1 when it holds none that counts.",
     ["view"], multiprocess_mode="mostrecent",
 )
+SCORE_ANSWERS = Counter(
+    "skewless_score_answers_total", "Stored scores asked for by ID, by outcome: current, stale (past the budget, not served), not_found. "
+    "The share of stale answers is rate(...{outcome=\"stale\"}) / rate(...).", ["outcome"],
+)
+SCORE_RUN_AGE = Gauge(
+    "skewless_score_run_age_seconds", "Per model: now - the as-of of the newest full batch run this Redis serves; -1 when none.",
+    ["model"], multiprocess_mode="mostrecent",
+)
 MODEL_LOADS = Counter("skewless_model_loads_total", "Model bundles loaded (once per worker start).")
 MODEL_INFO = Gauge(
     "skewless_model_info", "The bundle being served (value 1).", ["model_name", "model_version", "feature_service"],

@@ -48,6 +48,47 @@ class BatchResponse(BaseModel):
     predictions: list[Prediction]
 
 
+class ScoresRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"customer_ids": [42, 7, 1234]}]})
+
+    customer_ids: list[CustomerId] = Field(min_length=1, max_length=MAX_BATCH, description=f"1 to {MAX_BATCH:,} IDs; answered in this order.")
+
+
+class StoredScore(BaseModel):
+    """A precomputed score as stored, with how old it is. No model runs to answer it."""
+
+    customer_id: int
+    status: Literal["ok", "not_found", "stale"] = Field(
+        "ok", description="`not_found`: no stored score; `stale`: older than the model's freshness budget (its values are not given).")
+    churn_probability: float | None = None
+    churn_prediction: int | None = None
+    risk_segment: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    current_model: bool | None = Field(None, description="False when a model version other than the one this service serves wrote it.")
+    as_of: str | None = Field(None, description="The time the score is for (ISO 8601, UTC).")
+    age_seconds: float | None = Field(None, description="Now minus as_of.")
+    max_age_seconds: float | None = Field(None, description="The model's freshness budget.")
+    stale: bool | None = None
+    source: Literal["batch", "event"] | None = Field(None, description="A batch run (full or ad-hoc) or an event.")
+    run_id: str | None = None
+    run_kind: str | None = None
+
+
+class ScoresResponse(BaseModel):
+    scores: list[StoredScore]
+
+
+class ScoreNotCurrent(BaseModel):
+    """404 of GET /scores/{id}: no score, or one past its freshness budget (`stale`, with its age)."""
+
+    detail: str
+    stale: bool
+    age_seconds: float | None = None
+    as_of: str | None = None
+    max_age_seconds: float | None = None
+
+
 class ErrorResponse(BaseModel):
     detail: str
 
@@ -56,7 +97,16 @@ class Health(BaseModel):
     status: Literal["alive"] = "alive"
 
 
+class ServedRunInfo(BaseModel):
+    model: str
+    run_id: str
+    as_of: str
+    age_seconds: float
+    rows: int
+
+
 class Readiness(BaseModel):
     ready: bool
     model: str | None = None
     reason: str | None = None
+    scores: ServedRunInfo | None = Field(None, description="The newest full batch run this Redis serves for the model, and its age.")

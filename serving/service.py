@@ -29,6 +29,7 @@ from serving.features import FeatureLookup, connect_store
 from online_store import watermark
 from online_store.redis_layout import view_name
 from online_store.redis_server import store_client
+from online_store import served_runs
 from serving.metrics import (
     ERRORS,
     FEATURE_AGE,
@@ -39,8 +40,11 @@ from serving.metrics import (
     MODEL_LOADS,
     ON_DEMAND,
     PREDICTIONS,
+    SCORE_ANSWERS,
+    SCORE_RUN_AGE,
 )
-from serving.schemas import Prediction
+from serving.schemas import Prediction, ServedRunInfo, StoredScore
+from serving.scores import NoScoresView, ScoreStore
 from serving.settings import Settings
 from training.bundle import Bundle, load_bundle
 from training.score import score
@@ -57,6 +61,7 @@ class ServiceMetrics:
         self.not_found = PREDICTIONS.labels(outcome="not_found")
         self.feature_age = {view: FEATURE_AGE.labels(view=view) for view in views}
         self.watermark_age = {view: FEATURE_WATERMARK_AGE.labels(view=view) for view in views}
+        self.score_answers = {outcome: SCORE_ANSWERS.labels(outcome=outcome) for outcome in ("current", "stale", "not_found")}
 
 
 @dataclass
@@ -84,6 +89,7 @@ class Service:
     feature_log: FeatureLogger | None
     metrics: ServiceMetrics
     watched: Watched
+    scores: ScoreStore | None  # None when the repo has no scores view
 
     def predict(self, customer_ids: list[int], include_features: bool = False) -> list[Prediction]:
         """Predictions for `customer_ids` at this instant, in request order (not_found slots included).
@@ -146,15 +152,67 @@ class Service:
             out[i] = scored[j]
         return out
 
-    def ready(self) -> str | None:
-        """None when the service can answer with the features training would see; else the reason (/ready's 503)."""
+    def stored_scores(self, customer_ids: list[int]) -> list[StoredScore]:
+        """Stored scores for `customer_ids`, in request order (not_found and stale slots included).
+
+        Raises StoreUnavailable (-> 503) when Redis cannot be read, NoScoresView (-> 404) when the repo has none.
+        """
+        if self.scores is None:
+            raise NoScoresView("the Feast repo has no scores view (tag kind: scores): there are no stored scores to serve")
+        self.breaker.check()
         try:
-            freshness = self.freshness()
+            out = self.scores.get(customer_ids, datetime.now(timezone.utc))
         except STORE_ERRORS as exc:
             ERRORS.labels(kind="online_store").inc()
-            return f"{self.breaker.what} not answering: {type(exc).__name__}: {exc}"
+            raise self.breaker.failure(exc) from exc
+        self.breaker.success()
+        for s in out:
+            self.metrics.score_answers["current" if s.status == "ok" else s.status].inc()
+        return out
+
+    def ready(self, route: str | None = None) -> tuple[str | None, ServedRunInfo | None]:
+        """(None when ready, else the reason for /ready's 503; the served batch run, if any).
+
+        `route` "predict" checks only what /predict needs (Redis, the features' watermarks),
+        "scores" only what /scores needs (Redis, a full run of the model published and within its
+        budget). None checks both, except that a Redis where no run was ever published is not a
+        reason: a deployment that serves only /predict is ready (its /scores answers 404). A run
+        that was published and has aged past its budget is: the batch job stopped.
+        """
+        reasons, run = [], None
+        try:
+            if route in (None, "predict"):
+                reasons += self.freshness().problems
+            if route in (None, "scores") and self.scores is not None:
+                problem, run = self.served_run()
+                if problem and (run is not None or route == "scores"):
+                    reasons.append(problem)
+        except STORE_ERRORS as exc:
+            ERRORS.labels(kind="online_store").inc()
+            return f"{self.breaker.what} not answering: {type(exc).__name__}: {exc}", None
         self.breaker.success()  # Redis answers: let requests through at once
-        return "; ".join(freshness.problems) or None
+        return "; ".join(reasons) or None, run
+
+    def served_run(self) -> tuple[str | None, ServedRunInfo | None]:
+        """The newest full run of the served model in this Redis, and a problem when there is none or it is stale."""
+        name = self.bundle.name
+        now = datetime.now(timezone.utc)
+        run = served_runs.read_runs(store_client(self.store), self.store.project).get(name)
+        gauge = SCORE_RUN_AGE.labels(model=name)
+        if run is None:
+            gauge.set(-1)
+            return (f"scores: no full batch run of {name} is published to this Redis: run `skewless score --as-of now` "
+                    "with the Redis named (REDIS_URL), or `skewless materialize`"), None
+        age = run.age(now)
+        gauge.set(age.total_seconds())
+        info = ServedRunInfo(model=f"{run.model_name}/{run.model_version}", run_id=run.run_id, as_of=run.as_of.isoformat(),
+                             age_seconds=round(age.total_seconds(), 1), rows=run.rows)
+        limit = self.scores.budget(name)
+        if limit is not None and age > limit:
+            return (f"scores: the newest full run of {name} ({run.run_id}, as-of {run.as_of:%Y-%m-%d %H:%M} UTC) is "
+                    f"{watermark.format_age(age)} old, over its freshness budget of {watermark.format_age(limit)}: "
+                    "the batch schedule is behind"), info
+        return None, info
 
     def freshness(self) -> watermark.Freshness:
         """The watermarks of the views the bundle needs, read from Redis now; sets the age gauges."""
@@ -199,7 +257,8 @@ def start(settings: Settings) -> Service:
             settings.feature_log_rotate_rows, settings.feature_log_rotate_s,
         )
     watched = Watched.for_lookup(store, lookup, settings.feature_max_lag)
-    service = Service(settings, store, bundle, lookup, breaker, feature_log, ServiceMetrics(list(lookup.view_features)), watched)
+    scores = ScoreStore.open(store, (bundle.name, bundle.version), settings.score_max_age)
+    service = Service(settings, store, bundle, lookup, breaker, feature_log, ServiceMetrics(list(lookup.view_features)), watched, scores)
     _warm_up(service)
     # Everything loaded so far (Feast, the registry, pandas, the model: ~270k objects) lives as
     # long as the worker. Moved out of the collector's reach, a full collection under load takes

@@ -29,7 +29,10 @@ class Settings(BaseSettings):
     redis_cooldown_s: float = Field(1.0, ge=0, description="After a Redis failure, answer 503 at once for this long, then try again.")
     feature_max_lag: str | None = Field(
         None, description="Freshness budget of the online features: `36h` for every view, or `customer_activity=36h,customer_profile=3d`; "
-        "default 2 x each view's `cadence` tag. /ready is 503 while a view's watermark is older.")
+        "default each view's `cadence` tag plus a day. /ready is 503 while a view's watermark is older.")
+    score_max_age: str | None = Field(
+        None, description="Freshness budget of stored scores: `8d` for every model, or `churn=8d,other=2h`; default the scores view's "
+        "`cadence` tag plus a day. Older scores are answered as stale, and /ready is 503 while the newest full run is older.")
     max_body_bytes: int = Field(256 * 1024, gt=0, description="Larger request bodies get 413 (1,000 IDs take ~20 KB).")
     feature_log: bool = Field(True, description="Log what was served (Parquet under feature_log_dir).")
     feature_log_dir: Path = Field(FEATURE_LOG_DIR, description="Feature-log root (date=YYYY-MM-DD/part-*.parquet).")

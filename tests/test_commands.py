@@ -107,6 +107,6 @@ def test_demo_online_runs_every_command_it_prints(live, tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["demo-online", "--repo", str(live.repo), "--traffic", "50", "--result", str(tmp_path / "online.json")])
     assert r.exit_code == 0, r.output
     printed = [line[2:] for line in r.output.splitlines() if line.startswith("$ ")]
-    assert len(printed) == 5 and all("Content-Type: application/json" in c for c in printed if "-X POST" in c)
+    assert len(printed) == 6 and all("Content-Type: application/json" in c for c in printed if "-X POST" in c)
     result = json.loads((tmp_path / "online.json").read_text())
     assert len(result["answers"]) == 3 and all("churn_probability" in a for a in result["answers"])
