@@ -118,13 +118,13 @@ def score(ctx, as_of, ids_file, all_active, version, model_dir, repo, out_dir, d
     if duplicates:
         click.echo(f"warning: {ids_file}: {duplicates:,} duplicate ID(s), each customer scored once", err=True)
     _print_summary(summary, db, parquet_root)
+    click.echo(f"  online: {served}")
     if top_n:
         from batch.status import top_customers
 
         _print_top(top_customers(db, top_n, run_id=summary.run_id), indent="  ")
     if ids is not None:
         click.echo(f"  an ad-hoc run (a list of IDs): `skewless score status` and `score top` follow full runs; see it with `skewless score top --run-id {summary.run_id}`")
-    click.echo(f"  online: {served}")
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary.to_json() | {"duplicates": duplicates}, indent=2) + "\n")
 
@@ -291,6 +291,22 @@ def status(max_age: str, out_dir: Path | None, db_path: Path | None, repo: Path)
         raise click.ClickException(behind)
 
 
+def _runs_in_scores_view(repo: Path, run_ids: list[str]) -> set[str]:
+    """Which of `run_ids` have rows in the scores view's source (so they are meant to be served by ID)."""
+    import duckdb
+
+    from batch.publish import scores_dir
+    from training.store import open_store
+
+    source = scores_dir(open_store(repo))
+    if source is None or not any(source.glob("**/*.parquet")):
+        return set()
+    with duckdb.connect() as con:
+        found = con.execute("SELECT DISTINCT run_id FROM read_parquet(?, union_by_name = true) WHERE list_contains(?, run_id)",
+                            [str(source / "**" / "*.parquet"), run_ids]).fetchall()
+    return {r[0] for r in found}
+
+
 def _check_online_copy(runs, repo: Path) -> str | None:
     """Compare each model's newest full run with the run the named Redis serves; the problem, if any."""
     import yaml
@@ -308,8 +324,12 @@ def _check_online_copy(runs, repo: Path) -> str | None:
         served = read_runs(endpoint.client(), project)
     except Exception as exc:  # redis errors and refused connections alike: one line
         return f"the online copy cannot be read: {where} ({type(exc).__name__}: {exc})"
+    published = _runs_in_scores_view(repo, runs["run_id"].tolist())
     problems = []
     for r in runs.itertuples():
+        if r.run_id not in published:
+            click.echo(f"      online copy: {r.model_name} run {r.run_id} was written outside the churn_scores view's source: not served by ID")
+            continue
         online = served.get(r.model_name)
         if online is not None and online.run_id == r.run_id and online.rows == r.rows:
             click.echo(f"ok    online copy ({where}): {r.model_name} serves the same full run {r.run_id}, {online.rows:,} rows")

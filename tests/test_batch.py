@@ -97,6 +97,7 @@ def test_output_schema_and_partition_layout(small_repo, small_bundle, out):
     assert types == [
         ("customer_id", "BIGINT"), ("churn_probability", "DOUBLE"), ("churn_prediction", "INTEGER"), ("risk_segment", "VARCHAR"),
         ("model_name", "VARCHAR"), ("model_version", "VARCHAR"), ("as_of", "TIMESTAMP"), ("scored_at", "TIMESTAMP"), ("run_id", "VARCHAR"),
+        ("run_kind", "VARCHAR"),
     ]
     written = sorted(files(out["pq"]))
     version = small_bundle[0].bundle.version
