@@ -49,7 +49,7 @@ chromium:
 demo: install redis curl
 	$(RUN) skewless generate --customers $(CUSTOMERS) --end $(DEMO_START)
 	$(RUN) skewless apply
-	$(RUN) skewless train
+	$(RUN) skewless train --feature-service churn_v2
 	$(RUN) skewless score --as-of now
 	$(RUN) skewless demo-online
 	$(RUN) skewless skew-report --since $(DEMO_START)

@@ -69,6 +69,64 @@ def duckdb_row(customer_id: int) -> dict | None:
     return {"churn_probability": row[0], "risk_segment": row[1], "run_id": row[2], "as_of": f"{row[3]:%Y-%m-%d %H:%M:%S} UTC"}
 
 
+def live_event(store, endpoint, base: str, active) -> dict | None:
+    """The near-real-time path: a consumer runs, a payment fails, the customer's new score is published.
+
+    Only when the served bundle holds the live features (churn_v2, what `make demo` trains).
+    """
+    import threading
+
+    import httpx
+
+    from stream.consumer import Consumer
+    from stream.source import EVENTS_STREAM, SCORES_STREAM, RedisStreamSource
+    from training.bundle import DEFAULT_MODEL_DIR, load_bundle
+
+    bundle = load_bundle("latest", DEFAULT_MODEL_DIR, store=store)
+    if "payment_failures_24h" not in bundle.feature_names:
+        click.echo(f"(no live event: {bundle.name}/{bundle.version} is trained on {bundle.feature_service}, without the live features of churn_v2)")
+        return None
+    client = endpoint.client()
+    consumer = Consumer(store, bundle, RedisStreamSource(client, "demo"), consumer="demo", flush_s=0.5)
+    stop = threading.Event()
+
+    def consume():
+        while not stop.is_set():
+            consumer.step(100, 20)
+        consumer.flush()
+
+    thread = threading.Thread(target=consume, name="stream-consumer", daemon=True)
+    thread.start()
+    try:
+        cid = int(active.sample(1, random_state=7).iloc[0])
+        before = httpx.post(f"{base}/predict", json={"customer_id": cid}).json()
+        last = client.xadd(SCORES_STREAM, {"marker": "demo"}).decode()  # read the scores published after this point
+        sent = time.time()
+        at = datetime.now(timezone.utc)
+        client.xadd(EVENTS_STREAM, {"event_id": time.time_ns() // 1000, "customer_id": cid, "event_type": "payment_failed",
+                                    "event_time": at.isoformat(), "amount": 49.0, "sent_at_us": int(sent * 1e6)})
+        scored = None
+        while scored is None and time.time() - sent < 10:
+            for _, entries in client.xread({SCORES_STREAM: last}, block=1000) or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    if fields.get(b"customer_id") == str(cid).encode():
+                        scored = {k.decode(): v.decode() for k, v in fields.items()}
+        if scored is None:
+            raise click.ClickException(f"the stream consumer published no score for customer {cid} within 10 s")
+        ms = (int(last.split(b"-")[0]) - sent * 1000)
+        after = float(scored["churn_probability"])
+        click.echo(f"live event: customer {cid}'s payment failed at {at:%H:%M:%S} UTC; on {EVENTS_STREAM}, the stream consumer updated the "
+                   f"live features and published a new score on {SCORES_STREAM} {ms:.0f} ms later: "
+                   f"{before['churn_probability']:.3f} ({before['risk_segment']}) -> {after:.3f} ({scored['risk_segment']})")
+        stored = json.loads(run_printed(f"curl -s {base}/scores/{cid}"))
+        return {"customer_id": cid, "before": before["churn_probability"], "before_segment": before["risk_segment"], "after": after,
+                "after_segment": scored["risk_segment"], "ms": round(ms, 1), "stored_source": stored.get("source")}
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
 @click.command("demo-online")
 @click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=REPO_DIR, show_default=True)
 @click.option("--customers", "count", type=int, default=3, show_default=True, help="How many customers to ask about with curl.")
@@ -118,6 +176,7 @@ def demo_online(repo: Path, count: int, traffic: int, result_path: Path) -> None
                 click.echo(f"  the same customer in DuckDB (churn_predictions, run {duck['run_id']}): probability {duck['churn_probability']}, "
                            f"segment {duck['risk_segment']}, as-of {duck['as_of']}: the score /scores serves, no model call")
             run_printed(f"curl -s {base}/ready")
+            live = live_event(store, endpoint, base, active)
             # traffic for the skew report: active customers, 100 per request
             crowd = active.sample(min(traffic, len(active)), random_state=0).tolist()
             for i in range(0, len(crowd), 100):
@@ -128,7 +187,7 @@ def demo_online(repo: Path, count: int, traffic: int, result_path: Path) -> None
             server.wait(timeout=30)
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result = {"at": now.isoformat(), "port": port, "predictions": len(answers) + 2 + len(crowd), "answers": answers,
-              "materialized_rows": summary["rows"], "stored_score": stored}
+              "materialized_rows": summary["rows"], "stored_score": stored, "live_event": live}
     tmp = result_path.with_name(f".{result_path.name}.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(result_path)

@@ -62,6 +62,8 @@ def demo_summary(started: str | None) -> None:
         f"  skew     {report['rows_differing']:,} of {report['requests']:,} served rows differ from point-in-time truth"
         + (f"; skew in {', '.join(report['skewed_features'])}" if report["skewed_features"] else "")
         + (f"; drift in {', '.join(report['drifted'])}" if report["drifted"] else f"; no drift past PSI {report['max_psi']:g}"),
+        *([f"  stream   customer {e['customer_id']}'s failed payment: score {e['before']:.3f} ({e['before_segment']}) -> {e['after']:.3f} "
+           f"({e['after_segment']}), published {e['ms']:.0f} ms after the event"] if (e := online.get("live_event")) else []),
         f"  report   python3 -m webbrowser {REPORT.resolve().as_uri()}",
         "  next     .venv/bin/skewless score top -n 10          (the churn list, from DuckDB)",
         "           .venv/bin/skewless serve                      (the service on :8000, its own Redis; then the curl lines above)",

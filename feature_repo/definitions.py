@@ -7,10 +7,10 @@ here, in the on-demand feature view, so no path can compute it a second way.
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, RequestSource
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, RequestSource
 from feast.data_format import ParquetFormat
 from feast.on_demand_feature_view import on_demand_feature_view
-from feast.types import Float64, Int32, Int64, String, UnixTimestamp
+from feast.types import Array, Float64, Int32, Int64, String, UnixTimestamp
 from feast.value_type import ValueType
 
 DATA = Path(__file__).parent / "data"
@@ -92,6 +92,41 @@ customer_activity = FeatureView(
     description="Product usage of each customer as of the ETL's last run.",
     owner=OWNER,
     tags=DAILY,
+)
+
+account_state_source = PushSource(
+    name="account_state_push",
+    batch_source=FileSource(
+        name="account_state_source",
+        path=str(DATA / "account_state"),
+        file_format=ParquetFormat(),
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created",
+        description="Account-state history: the backfill from the event log, then a part file per batch of `skewless stream`.",
+        owner=OWNER,
+        tags=TAGS,
+    ),
+    description="Live account state pushed by `skewless stream` as account events arrive.",
+    owner=OWNER,
+    tags=TAGS,
+)
+
+account_state = FeatureView(
+    name="account_state",
+    entities=[customer],
+    ttl=timedelta(days=3650),  # a state holds until the next event changes it
+    schema=[
+        Field(name="live_seats", dtype=Int64, description="Seats from the latest plan change or signup event."),
+        Field(name="seats_changed_at_us", dtype=Int64, description="When those seats were set (microseconds since the epoch)."),
+        Field(name="payment_failure_times_us", dtype=Array(Int64), description="Times of recent payment failures (48 h kept)."),
+        Field(name="support_ticket_times_us", dtype=Array(Int64), description="Times of recent support tickets (48 h kept)."),
+        Field(name="last_payment_failure_at_us", dtype=Int64, description="Time of the latest payment failure."),
+    ],
+    source=account_state_source,
+    online=True,
+    description="What account events say about a customer right now; folded by stream/state.py.",
+    owner=OWNER,
+    tags={**TAGS, "retention": "48h"},  # event times kept, before the newest: at least the longest live window
 )
 
 scoring_request = RequestSource(
@@ -177,27 +212,72 @@ churn_scores = FeatureView(
     tags={**TAGS, "cadence": "7d", "kind": "scores"},  # scored weekly; `kind`: rows carry their run
 )
 
+@on_demand_feature_view(
+    sources=[account_state, customer_profile, scoring_request],
+    schema=[
+        Field(name="payment_failures_24h", dtype=Int64),  # payment failures in the 24 h before as_of
+        Field(name="support_tickets_24h", dtype=Int64),  # support tickets in the 24 h before as_of
+        Field(name="hours_since_last_payment_failure", dtype=Float64),  # null when there was none
+        Field(name="seats_now", dtype=Int64),  # from the latest seats event, else the billing profile
+    ],
+    mode="python",
+    description="Live account features: windows over the account state, relative to the request time.",
+    owner=OWNER,
+    tags=TAGS,
+)
+def account_live(inputs: dict) -> dict:
+    """Counts in whole seconds (what the online store keeps of as_of); no state means no events: 0."""
+    window_s = 24 * 3600
+
+    def in_window(times_us, as_of):
+        if as_of is None:
+            return None
+        now_s = int(as_of.timestamp())
+        return sum(1 for t in times_us or () if now_s - window_s < t // 1_000_000 <= now_s)
+
+    def hours_since(as_of, t_us):
+        return None if as_of is None or t_us is None else (int(as_of.timestamp()) - t_us // 1_000_000) / 3600.0
+
+    as_of = inputs["as_of"]
+    return {
+        "payment_failures_24h": [in_window(t, a) for t, a in zip(inputs["payment_failure_times_us"], as_of)],
+        "support_tickets_24h": [in_window(t, a) for t, a in zip(inputs["support_ticket_times_us"], as_of)],
+        "hours_since_last_payment_failure": [hours_since(a, t) for a, t in zip(as_of, inputs["last_payment_failure_at_us"])],
+        "seats_now": [live if live is not None else billed for live, billed in zip(inputs["live_seats"], inputs["seats"])],
+    }
+
+
+CHURN_V1 = [
+    customer_profile[["plan", "region", "seats", "monthly_fee"]],
+    customer_activity[
+        [
+            "logins_7d",
+            "logins_30d",
+            "active_minutes_7d",
+            "active_minutes_30d",
+            "support_tickets_7d",
+            "support_tickets_30d",
+            "payment_failures_7d",
+            "payment_failures_30d",
+            "spend_7d",
+            "spend_30d",
+        ]
+    ],
+    customer_derived,
+]
+
 churn_v1 = FeatureService(
     name="churn_v1",
-    features=[
-        customer_profile[["plan", "region", "seats", "monthly_fee"]],
-        customer_activity[
-            [
-                "logins_7d",
-                "logins_30d",
-                "active_minutes_7d",
-                "active_minutes_30d",
-                "support_tickets_7d",
-                "support_tickets_30d",
-                "payment_failures_7d",
-                "payment_failures_30d",
-                "spend_7d",
-                "spend_30d",
-            ]
-        ],
-        customer_derived,
-    ],
+    features=CHURN_V1,
     description="Feature contract of the churn model, version 1.",
+    owner=OWNER,
+    tags=TAGS,
+)
+
+churn_v2 = FeatureService(
+    name="churn_v2",
+    features=[*CHURN_V1, account_live],
+    description="churn_v1 and the live account features the event stream keeps current.",
     owner=OWNER,
     tags=TAGS,
 )

@@ -72,8 +72,9 @@ def materialize(store, end: datetime, lookback: timedelta = DEFAULT_LOOKBACK, fu
         keeper = None if engine is not None else WatermarkKeeper(client, store.project, registry, view, name)
         if keeper is not None:
             start = keeper.start(start, end)
-        with contextlib.redirect_stdout(io.StringIO()):  # Feast's banner and per-view lines: ours are printed instead
-            store.materialize(start_date=start, end_date=end, feature_views=[view.name])
+        if keeper is None or not _no_files_yet(store, view):  # Feast's engine fails on a directory with nothing in it
+            with contextlib.redirect_stdout(io.StringIO()):  # Feast's banner and per-view lines: ours are printed instead
+                store.materialize(start_date=start, end_date=end, feature_views=[view.name])
         if keeper is not None:
             keeper.advance()
         windows[view.name] = (start, end)
@@ -91,6 +92,17 @@ def materialize(store, end: datetime, lookback: timedelta = DEFAULT_LOOKBACK, fu
         "written": sum(r.written for r in runs),
         "kept": sum(r.kept for r in runs),
     }
+
+
+def _no_files_yet(store, view) -> bool:
+    """A view over a directory of Parquet files that holds none yet (the event path's, before its first batch)."""
+    from feast.infra.offline_stores.file_source import FileSource
+
+    source = view.batch_source
+    if not isinstance(source, FileSource):
+        return False
+    path = Path(FileSource.get_uri_for_file_path(store.repo_path, source.path))
+    return not path.suffix and not any(path.glob("**/*.parquet"))
 
 
 def _engine(store):

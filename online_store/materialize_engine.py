@@ -55,7 +55,7 @@ A row with the same event time as the stored one replaces it (unlike Feast's che
 the first): the run picks the latest `created` among ties, so the later run has the correction.
 
 Views this engine does not handle (non-Parquet sources, field mappings, transformations,
-aggregations, composite or non-integer join keys, list/map types, Redis Cluster) go to Feast's
+aggregations, composite or non-integer join keys, list types other than int64 lists, map types, Redis Cluster) go to Feast's
 own local engine unchanged, with a line on stderr saying why.
 """
 
@@ -219,6 +219,7 @@ DUCKDB_TYPES = {
     ValueType.DOUBLE: "DOUBLE",
     ValueType.BOOL: "BOOLEAN",
     ValueType.UNIX_TIMESTAMP: "TIMESTAMPTZ",
+    ValueType.INT64_LIST: "BIGINT[]",
 }
 
 
@@ -481,6 +482,15 @@ def _binary_parts(arr: pa.Array) -> tuple[Padded, np.ndarray]:
     return Padded(padded, lengths), valid
 
 
+def _protobuf_per_row(arr: pa.Array) -> list[Padded]:
+    """ValueProto bytes of an int64 list column, one protobuf per row (list columns are short and rare)."""
+    from feast.protos.feast.types.Value_pb2 import Int64List, Value
+
+    serialized = [b"" if v is None else Value(int64_list_val=Int64List(val=v)).SerializeToString() for v in arr.to_pylist()]
+    padded, _ = _binary_parts(pa.array(serialized, pa.binary()))
+    return [padded]
+
+
 def value_proto(arr: pa.Array, value_type: ValueType) -> list[Padded]:
     """Feast's ValueProto bytes for each value, as parts: what `python_values_to_proto_values`
     followed by `SerializeToString` gives, including its nulls (an empty Value; for
@@ -505,6 +515,8 @@ def value_proto(arr: pa.Array, value_type: ValueType) -> list[Padded]:
     if value_type == ValueType.UNIX_TIMESTAMP:
         seconds = np.where(valid, np.floor_divide(_micros(arr), 1_000_000), NULL_TIMESTAMP)
         return _tagged(0x40, varint(seconds), np.ones(len(arr), np.bool_))
+    if value_type == ValueType.INT64_LIST:
+        return _protobuf_per_row(arr)
     raise ValueError(f"no encoder for {value_type}")  # plan_view keeps such views on Feast's engine
 
 
@@ -645,6 +657,8 @@ def calls_for_batch(plan: ViewPlan, sha: bytes, batch: pa.RecordBatch, keys_per_
     for i, (_, value_type) in enumerate(plan.features):
         if value_type in (ValueType.STRING, ValueType.BYTES):
             widest += pc.max(pc.binary_length(batch.column(2 + i))).as_py() or 0
+        elif value_type == ValueType.INT64_LIST:
+            widest += 12 * (pc.max(pc.list_value_length(batch.column(2 + i))).as_py() or 0)  # up to 10 bytes a varint
     rows = max(keys_per_call, ENCODE_BYTES // widest // keys_per_call * keys_per_call)
     chunks: list[bytes | memoryview] = []
     calls = 0
@@ -671,6 +685,17 @@ def _calls_for_rows(plan: ViewPlan, sha: bytes, batch: pa.RecordBatch, keys_per_
         chunks += [head, key_view[a * key_width:b * key_width], shared_resp, argv_view[offsets[a]:offsets[b]]]
         calls += 1
     return chunks, calls
+
+
+def write_rows(client, plan: ViewPlan, batch: pa.RecordBatch, keys_per_call: int = 256) -> int:
+    """Write rows that come from elsewhere than the offline store (the event consumer's) with the
+    same newer-wins script, in the same layout; `batch` is (key, event time, the plan's features)."""
+    if batch.num_rows == 0:
+        return 0
+    with Pipeline(client, plan.name) as pipe:
+        chunks, calls = calls_for_batch(plan, pipe.sha, batch, keys_per_call)
+        pipe.send(chunks, calls)
+        return pipe.collect()
 
 
 def write_view(plan: ViewPlan, client, start: datetime, end: datetime, options: SkewlessRedisEngineConfig,

@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 import redis
 
-from training.store import REDIS_ENV
+from training.paths import REDIS_ENV
 
 INSTALL_HINT = "install Redis (Debian/Ubuntu: `apt-get install redis-server`, macOS: `brew install redis`) or set REDIS_URL"
 

@@ -20,12 +20,16 @@ def test_registry_lists_the_contract(small_store):
     fs = small_store
     assert [e.name for e in fs.list_entities()] == ["customer"]
     assert fs.get_entity("customer").join_key == "customer_id"
-    assert sorted(v.name for v in fs.list_feature_views()) == ["customer_activity", "customer_profile"]
+    assert sorted(v.name for v in fs.list_feature_views()) == ["account_state", "churn_scores", "customer_activity", "customer_profile"]
     odfvs = fs.list_on_demand_feature_views()
-    assert [v.name for v in odfvs] == ["customer_derived"]
-    assert odfvs[0].mode == "python"
+    assert sorted(v.name for v in odfvs) == ["account_live", "customer_derived"]
+    assert {o.mode for o in odfvs} == {"python"}
     svc = fs.get_feature_service("churn_v1")
     assert [f.name for p in svc.feature_view_projections for f in p.features] == SERVICE_FEATURES
+    v2 = fs.get_feature_service("churn_v2")  # churn_v1 and the live features
+    assert [f.name for p in v2.feature_view_projections for f in p.features] == SERVICE_FEATURES + [
+        "payment_failures_24h", "support_tickets_24h", "hours_since_last_payment_failure", "seats_now"]
+    assert fs.get_feature_view("account_state").stream_source.name == "account_state_push"
 
 
 def test_every_declaration_has_description_and_owner(small_store):
@@ -79,7 +83,7 @@ def test_stock_cli_materialize_incremental(tmp_path, redis_endpoint, small_repo)
         # this Redis held nothing, so each view's whole TTL window was loaded, whatever the registry says
         assert "no watermark" in r.stderr
         marks = watermark.read_all(endpoint.client(), "skewless")
-        assert {v: m.end.isoformat() for v, m in marks.items()} == dict.fromkeys(["customer_profile", "customer_activity"], "2026-11-01T00:00:00+00:00")
+        assert {v: m.end.isoformat() for v, m in marks.items()} == dict.fromkeys(["customer_profile", "customer_activity", "account_state", "churn_scores"], "2026-11-01T00:00:00+00:00")
 
 
 def test_stock_cli_without_the_redis_setting_says_what_to_set(tmp_path, small_repo):
@@ -90,8 +94,8 @@ def test_stock_cli_without_the_redis_setting_says_what_to_set(tmp_path, small_re
     from pathlib import Path
 
     repo = copy_repo(tmp_path / "feature_repo")
-    for f in small_repo.glob("data/*"):
-        shutil.copy(f, repo / "data")
+    shutil.rmtree(repo / "data")
+    shutil.copytree(small_repo / "data", repo / "data")
     env = {k: v for k, v in os.environ.items() if k not in ("SKEWLESS_REDIS", "REDIS_URL")}
     feast_cli = Path(sys.executable).with_name("feast")
     r = subprocess.run([str(feast_cli), "materialize-incremental", "2026-11-01T00:00:00"], cwd=repo, env=env, capture_output=True, text=True)

@@ -35,6 +35,7 @@ T0 = datetime(2026, 6, 1, tzinfo=UTC)
 EVERYTHING = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC))  # a window holding all generated rows
 NULL = object()  # an explicit null `created` in profile_row
 PROFILE_FEATURES = ["plan", "region", "seats", "monthly_fee", "signup_date", "status"]
+DAILY = ["customer_profile", "customer_activity"]  # the views with sources here (Feast's engine fails on an empty directory)
 ACTIVITY_FEATURES = [f for f in ACTIVITY_SCHEMA.names if f not in ("customer_id", "event_timestamp", "created")]
 
 
@@ -141,7 +142,7 @@ def test_feature_repo_runs_the_skewless_engine(repo, monkeypatch):
 def test_same_redis_bytes_and_online_features_as_feast(repo, monkeypatch):
     with throwaway_redis() as stock_redis, throwaway_redis() as our_redis:
         stock = open_on(repo, stock_redis, monkeypatch, engine="local")
-        stock.materialize(*EVERYTHING)
+        stock.materialize(*EVERYTHING, feature_views=DAILY)
         ours = open_on(repo, our_redis, monkeypatch)
         ours.materialize(*EVERYTHING)
         expected, got = redis_dump(stock_redis), redis_dump(our_redis)
@@ -166,6 +167,7 @@ def test_encoders_match_feast_value_by_value():
         ValueType.FLOAT: pa.array([0.0, None, float("nan"), -1.5, 3.25], pa.float32()),
         ValueType.BOOL: pa.array([True, None, False, True, False]),
         ValueType.UNIX_TIMESTAMP: pa.array([0, None, 1_790_000_000_123_456, -1_500_000, 999_999], ts),
+        ValueType.INT64_LIST: pa.array([[1, 2, 3], None, [], [2**62, -5], [0]], pa.list_(pa.int64())),
     }
     for value_type, arr in columns.items():
         data, offsets = join_rows(value_proto(arr, value_type), len(arr))
@@ -241,7 +243,7 @@ def test_parquet_written_by_plain_pandas_materializes_as_microsecond_sources_do(
         open_on(us_repo, us_redis, monkeypatch).materialize(*EVERYTHING)
         assert redis_dump(ns_redis) == redis_dump(us_redis) and len(redis_dump(ns_redis)) == 3
         if zone is None:
-            open_on(ns_repo, stock_redis, monkeypatch, engine="local").materialize(*EVERYTHING)
+            open_on(ns_repo, stock_redis, monkeypatch, engine="local").materialize(*EVERYTHING, feature_views=DAILY)
             assert redis_dump(stock_redis) == redis_dump(ns_redis)
 
 
@@ -266,7 +268,7 @@ def test_late_arriving_row_reaches_redis_on_the_next_incremental_run(late_repo, 
         ours = open_on(repo, ours_redis, monkeypatch)
         ours.materialize_incremental(t1)
         stock = open_on(repo, stock_redis, monkeypatch, engine="local")
-        stock.materialize(now - timedelta(days=30), t1)  # the same first window, by Feast's engine
+        stock.materialize(now - timedelta(days=30), t1, feature_views=DAILY)  # the same first window, by Feast's engine
         assert online(ours, [1, 2, 3])["logins_7d"] == [1, 1, 1]
         write_sources(repo, profiles, activity + [
             activity_row(1, t1 - timedelta(days=1), late, 9),  # late, and newer than Redis's value
@@ -275,7 +277,7 @@ def test_late_arriving_row_reaches_redis_on_the_next_incremental_run(late_repo, 
             activity_row(3, now - timedelta(days=1), now - timedelta(days=1), 4),
         ])
         ours.materialize_incremental(t2)  # what `cd feature_repo && feast materialize-incremental` runs
-        stock.materialize(t1, t2)  # Feast's engine, the same second window
+        stock.materialize(t1, t2, feature_views=DAILY)  # Feast's engine, the same second window
         assert online(ours, [1, 2, 3])["logins_7d"] == [9, 1, 4]
         assert online(stock, [1, 2, 3])["logins_7d"] == [1, 1, 4]  # the bug this fixes: the late row is lost
 

@@ -29,6 +29,7 @@ class Group(click.Group):
         "materialize": "online_store.materialize:materialize_command",
         "serve": "serving.cli:serve",
         "skew-report": "monitoring.cli:skew_report_command",
+        "stream": "stream.cli:stream",
         "demo-online": "demo.online:demo_online",
         "demo-summary": "demo.summary:demo_summary",
     }
@@ -80,7 +81,8 @@ def main() -> None:
 @click.option("--seed", type=int, default=7, show_default=True, help="Random seed; same seed and --end, same bytes.")
 @click.option("--end", default="today", show_default=True, help="When the data ends: `today` (00:00 UTC, reproducible), `now` (what a demo serves at once) or an ISO time.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=REPO_DIR / "data", show_default=True, help="Directory the Parquet sources go to.")
-def generate(customers: int, days: int, seed: int, end: str, out_dir: Path) -> None:
+@click.option("--events/--no-events", default=True, show_default=True, help="Also the raw account-event log and the account state folded from it (~70 events a customer).")
+def generate(customers: int, days: int, seed: int, end: str, out_dir: Path, events: bool) -> None:
     """Write the synthetic raw sources (profiles, activity, labels) as Parquet."""
     from training.times import data_end
 
@@ -94,13 +96,14 @@ def generate(customers: int, days: int, seed: int, end: str, out_dir: Path) -> N
 
     started = time.perf_counter()
     with tqdm(total=customers, unit="customer", unit_scale=True, desc="generate", file=sys.stderr, disable=None) as bar:
-        cfg = GenerateConfig(customers=customers, days=days, seed=seed, end=ends)
+        cfg = GenerateConfig(customers=customers, days=days, seed=seed, end=ends, events=events)
         summary = run(cfg, out_dir, progress=bar.update)
     seconds = time.perf_counter() - started
     click.echo(f"wrote {out_dir} in {seconds:.1f}s ({customers / seconds:,.0f} customers/s), data {cfg.start:%Y-%m-%d %H:%M} .. {cfg.end:%Y-%m-%d %H:%M} UTC")
-    click.echo(f"  profiles {summary.profile_rows:,} rows, activity {summary.activity_rows:,} rows, labels {summary.label_rows:,} rows")
+    click.echo(f"  profiles {summary.profile_rows:,} rows, activity {summary.activity_rows:,} rows, labels {summary.label_rows:,} rows"
+               + (f", events {summary.event_rows:,}, account states {summary.state_rows:,}" if events else ""))
     for name, size in summary.files.items():
-        click.echo(f"  {name}: {size / 1e6:.1f} MB")
+        click.echo(f"  {name}{'/' if '.' not in name else ''}: {size / 1e6:.1f} MB")
     click.echo(f"  30-day churn rate {summary.churn_rate:.1%}; AUC of the true hazard (the ceiling) {summary.ceiling_auc:.3f}")
 
 
@@ -129,8 +132,9 @@ def apply(repo: Path) -> None:
 @click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where bundles go (default: models/, or SKEWLESS_MODEL_DIR).")
 @click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=REPO_DIR, show_default=True)
 @click.option("--max-rows", type=int, default=1_000_000, show_default=True, help="Sample whole customers down to about this many label rows (0: all).")
-def train(as_of: str | None, model_dir: Path | None, repo: Path, max_rows: int) -> None:
-    """Build a point-in-time training set from churn_v1, train XGBoost, write a bundle."""
+@click.option("--feature-service", default="churn_v1", show_default=True, help="The contract: churn_v1, or churn_v2 (churn_v1 and the live account features).")
+def train(as_of: str | None, model_dir: Path | None, repo: Path, max_rows: int, feature_service: str) -> None:
+    """Build a point-in-time training set from a FeatureService, train XGBoost, write a bundle."""
     from training.times import parse_time
 
     when = parse_time(as_of) if as_of else None
@@ -141,7 +145,7 @@ def train(as_of: str | None, model_dir: Path | None, repo: Path, max_rows: int) 
 
     started = time.perf_counter()
     with tqdm_steps(4) as step:
-        result = run(open_store(repo), repo, model_dir or DEFAULT_MODEL_DIR, when, max_rows or None, step=step)
+        result = run(open_store(repo), repo, model_dir or DEFAULT_MODEL_DIR, when, max_rows or None, step=step, feature_service=feature_service)
     m, b = result.metrics, result.bundle
     click.echo(f"trained {b.name}/{b.version} on {b.feature_service} ({len(b.features)} features) in {time.perf_counter() - started:.1f}s")
     w = b.manifest["training_window"]

@@ -13,8 +13,20 @@ Quirks are on purpose, because real sources have them: missing values, late-arri
 cancel, new customers with short history, and categories (plan `enterprise`, region `latam`)
 that only appear in the last weeks, after any training window.
 
+Behind the daily activity rows lies the raw account-event log (`account_events.parquet`): every
+session (its minutes), daily usage charge, support ticket, payment failure, plan change,
+signup, cancellation and telemetry gap, with an event time and an arrival time (`created`), as
+the product and billing systems emit them: late (minutes to most of an hour), out of order, a
+few duplicated (the same event id twice). The activity rows are exactly what the daily ETL
+computes from it (tests/test_generate.py runs that ETL as SQL and compares): windows of events
+by event time, duplicates dropped, minutes missing on a day with a telemetry gap. The log
+starts with the 30 warm-up days, so every window is whole. From the log, the history of the
+live account state (`account_state/`, what the near-real-time path keeps current) is folded
+with the same function the event consumer uses (stream/state.py).
+
 Customers are simulated in fixed-size chunks with one random stream per chunk, so memory stays
-bounded at 10M customers and the output depends only on the seed and the flags.
+bounded at 10M customers and the output depends only on the seed and the flags. The event log
+has a random stream of its own, so the other sources are the same bytes with or without it.
 """
 
 from __future__ import annotations
@@ -35,6 +47,10 @@ import pyarrow.parquet as pq
 PROFILES_FILE = "customer_profiles.parquet"
 ACTIVITY_FILE = "customer_activity.parquet"
 LABELS_FILE = "churn_labels.parquet"
+EVENTS_FILE = "account_events.parquet"
+ACCOUNT_STATE_DIR = "account_state"  # a directory: the event consumer appends part files to it
+ACCOUNT_STATE_BACKFILL = "backfill.parquet"
+LIVE_RETENTION_US = 2 * 86_400_000_000  # the account state keeps 48 h of event times: the live windows are 24 h
 
 DEFAULT_END = datetime(2026, 11, 1, tzinfo=timezone.utc)
 CHUNK_CUSTOMERS = 50_000
@@ -73,6 +89,28 @@ ACTIVITY_SCHEMA = pa.schema(
     ]
     + [("last_active_at", TS)]
 )
+EVENT_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.int64()),
+        ("customer_id", pa.int64()),
+        ("event_timestamp", TS),
+        ("created", TS),  # when it reached the event bus
+        ("event_type", pa.string()),
+        ("amount", pa.float64()),  # session minutes, usage USD, invoice USD, seats; null when none
+    ]
+)
+ACCOUNT_STATE_SCHEMA = pa.schema(
+    [
+        ("customer_id", pa.int64()),
+        ("event_timestamp", TS),  # the newest event the state holds
+        ("created", TS),  # when that state was written
+        ("live_seats", pa.int64()),
+        ("seats_changed_at_us", pa.int64()),
+        ("payment_failure_times_us", pa.list_(pa.int64())),
+        ("support_ticket_times_us", pa.list_(pa.int64())),
+        ("last_payment_failure_at_us", pa.int64()),
+    ]
+)
 LABEL_SCHEMA = pa.schema(
     [
         ("customer_id", pa.int64()),
@@ -89,6 +127,7 @@ class GenerateConfig:
     days: int = 150
     end: datetime = DEFAULT_END
     seed: int = 7
+    events: bool = True  # also the account-event log and the account state it folds into
 
     @property
     def start(self) -> datetime:
@@ -112,6 +151,8 @@ class GenerateSummary:
     profile_rows: int
     activity_rows: int
     label_rows: int
+    event_rows: int
+    state_rows: int
     churn_rate: float
     ceiling_auc: float
     files: dict[str, int]  # file name -> bytes
@@ -141,9 +182,77 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+class _EventLog:
+    """The raw events of one chunk, gathered day by day as arrays, with a random stream of its own."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+        self.parts: list[tuple[np.ndarray, np.ndarray, str, np.ndarray | None]] = []
+
+    def add(self, customer_ids: np.ndarray, times_us: np.ndarray, kind: str, amount: np.ndarray | None = None) -> None:
+        if len(customer_ids):
+            self.parts.append((np.asarray(customer_ids, np.int64), np.asarray(times_us, np.int64), kind,
+                               None if amount is None else np.asarray(amount, np.float64)))
+
+    def at_random_times(self, customer_ids: np.ndarray, day_start: int, day_us: int, kind: str, amount=None) -> None:
+        self.add(customer_ids, day_start + self.rng.integers(0, day_us, len(customer_ids)), kind, amount)
+
+    def sessions(self, customer_ids: np.ndarray, day_start: int, last_active: np.ndarray, logins: np.ndarray, minutes: np.ndarray) -> None:
+        """`logins` sessions per customer, the last one at its last activity, sharing its minutes
+        (in tenths, so the day's total is exact); the usage charge comes with the last session."""
+        if not len(customer_ids):
+            return
+        group = np.repeat(np.arange(len(customer_ids)), logins)
+        first = np.concatenate([[0], np.cumsum(logins)[:-1]])
+        last = first + logins - 1
+        times = day_start + (self.rng.random(len(group)) * (last_active[group] - day_start)).astype(np.int64)
+        times[last] = last_active
+        tenths = np.round(minutes * 10).astype(np.int64)
+        weights = self.rng.random(len(group)) + 0.5
+        weights /= np.add.reduceat(weights, first)[group]
+        parts = np.floor(tenths[group] * weights).astype(np.int64)
+        parts[last] = 0
+        parts[last] = tenths - np.add.reduceat(parts, first)
+        self.add(customer_ids[group], times, "session", parts / 10.0)
+
+    def table(self, chunk_index: int, end_us: int) -> pa.Table:
+        """The events with ids, arrival times (late, out of order, a few twice), up to the export at `end_us`."""
+        if not self.parts:
+            return EVENT_SCHEMA.empty_table()
+        ids = np.concatenate([p[0] for p in self.parts])
+        times = np.concatenate([p[1] for p in self.parts])
+        kinds = np.concatenate([np.full(len(p[0]), p[2], dtype=object) for p in self.parts])
+        amounts = np.concatenate([p[3] if p[3] is not None else np.full(len(p[0]), np.nan) for p in self.parts])
+        has_amount = np.concatenate([np.full(len(p[0]), p[3] is not None) for p in self.parts])
+        n = len(ids)
+        event_ids = (np.int64(chunk_index) << 40) + np.arange(n, dtype=np.int64)
+        r = self.rng.random(n)
+        delay = np.where(r < 0.90, self.rng.integers(1, 61, n), np.where(r < 0.99, self.rng.integers(60, 1_800, n), self.rng.integers(1_800, 3_300, n)))
+        created = times + delay * 1_000_000 + self.rng.integers(0, 1_000_000, n)
+        twice = np.flatnonzero(self.rng.random(n) < 0.003)  # the producer retried: the same event again, a little later
+        order = np.concatenate([np.arange(n), twice])
+        created = np.concatenate([created, created[twice] + self.rng.integers(1, 120, len(twice)) * 1_000_000])
+        keep = created <= end_us
+        order, created = order[keep], created[keep]
+        sort = np.lexsort((event_ids[order], created))  # the log in arrival order
+        order, created = order[sort], created[sort]
+        return pa.table(
+            {
+                "event_id": pa.array(event_ids[order], pa.int64()),
+                "customer_id": pa.array(ids[order], pa.int64()),
+                "event_timestamp": _ts_array(times[order]),
+                "created": _ts_array(created),
+                "event_type": pa.array(kinds[order].astype(str)),
+                "amount": pa.array(amounts[order], pa.float64(), mask=~has_amount[order]),
+            },
+            schema=EVENT_SCHEMA,
+        )
+
+
 def _simulate_chunk(cfg: GenerateConfig, chunk_index: int, first_id: int, n: int):
-    """Simulate `n` customers day by day; return (profiles, activity, labels) Arrow tables."""
+    """Simulate `n` customers day by day; return (profiles, activity, labels, events) Arrow tables."""
     rng = np.random.default_rng([cfg.seed, chunk_index])
+    log = _EventLog(np.random.default_rng([cfg.seed, chunk_index, 1])) if cfg.events else None
     day_us = 86_400_000_000
     start_us = _us(cfg.start)
     sim_start_us = start_us - WARMUP_DAYS * day_us
@@ -226,6 +335,8 @@ def _simulate_chunk(cfg: GenerateConfig, chunk_index: int, first_id: int, n: int
             alive |= new
             last_active_us[new] = signup_us[new]
             snapshot(new, signup_us[new], "active")
+            if log:
+                log.add(ids[new], signup_us[new], "account_opened", seats[new])
 
         # Plan changes: upgrades (and the unseen `enterprise` tier near the end), downgrades.
         p_up = 0.0015 if day < unseen_from_day else 0.004
@@ -237,7 +348,10 @@ def _simulate_chunk(cfg: GenerateConfig, chunk_index: int, first_id: int, n: int
             plan = np.where(change & ~up, np.maximum(plan - 1, 0), plan)
             seats = np.where(change & up, seats + rng.integers(0, 4, n), seats)
             written = change & alive
-            snapshot(written, day_start + rng.integers(0, day_us, int(written.sum())), "active")
+            changed_at = day_start + rng.integers(0, day_us, int(written.sum()))
+            snapshot(written, changed_at, "active")
+            if log:
+                log.add(ids[written], changed_at, "plan_changed", seats[written])
 
         # Engagement drifts; a payment failure or a bad week pushes it down.
         engagement = np.where(exists, engagement + rng.normal(-0.004, 0.1, n), engagement)
@@ -253,6 +367,13 @@ def _simulate_chunk(cfg: GenerateConfig, chunk_index: int, first_id: int, n: int
         for i, daily in enumerate((logins, minutes, tickets, failures, spend)):
             ring[i, slot, :] = daily
         last_active_us = np.where(active, day_start + rng.integers(0, day_us, n), last_active_us)
+        if log:
+            on = alive & active
+            log.sessions(ids[on], day_start, last_active_us[on], logins[on], minutes[on])
+            log.add(ids[on], last_active_us[on], "usage", spend[on])
+            log.at_random_times(ids[alive & (tickets > 0)], day_start, day_us, "ticket_opened")
+            failed = alive & (failures > 0)
+            log.at_random_times(ids[failed], day_start, day_us, "payment_failed", PLAN_FEE_PER_SEAT[plan[failed]] * seats[failed])
 
         # The hidden daily hazard: a function of the past only.
         w7 = [ring[i, [(day - k) % 30 for k in range(7)], :].sum(axis=0) for i in range(5)]
@@ -289,6 +410,8 @@ def _simulate_chunk(cfg: GenerateConfig, chunk_index: int, first_id: int, n: int
                     "last_active_at": last_active_us[emit],
                     "minutes_missing": rng.random(k) < 0.03,
                 }
+                if log:  # the reason an ETL row has no minutes: the day's usage telemetry had a gap
+                    log.at_random_times(ids[emit][row["minutes_missing"]], day_start, day_us, "telemetry_gap")
                 for i, m in enumerate(WINDOW_METRICS):
                     row[f"{m}_7d"] = w7[i][emit]
                     row[f"{m}_30d"] = w30[i][emit]
@@ -303,6 +426,8 @@ def _simulate_chunk(cfg: GenerateConfig, chunk_index: int, first_id: int, n: int
             alive &= ~churn_now
             churned |= churn_now
             snapshot(churn_now, t[churn_now], "cancelled")
+            if log:
+                log.add(ids[churn_now], t[churn_now], "account_cancelled")
 
     for at_risk, ts, _, log_survival in pending_labels:
         prob = 1.0 - np.exp(log_survival)  # P(cancel within 30 days | the hidden hazard path)
@@ -313,7 +438,8 @@ def _simulate_chunk(cfg: GenerateConfig, chunk_index: int, first_id: int, n: int
     prof, act, labels = _to_tables(ids, prof_rows, act_rows, label_rows)
     # The export happens at `end`: rows that would arrive later are not in it yet.
     end = pa.scalar(_us(cfg.end), pa.int64()).cast(TS)
-    return prof.filter(pc.less_equal(prof["created"], end)), act.filter(pc.less_equal(act["created"], end)), labels
+    events = log.table(chunk_index, _us(cfg.end)) if log else EVENT_SCHEMA.empty_table()
+    return prof.filter(pc.less_equal(prof["created"], end)), act.filter(pc.less_equal(act["created"], end)), labels, events
 
 
 def _concat(rows: list[dict[str, np.ndarray]], key: str) -> np.ndarray:
@@ -383,12 +509,34 @@ def _to_tables(ids, prof_rows, act_rows, label_rows):
     return prof, act, labels
 
 
+def account_state_history(events: pa.Table) -> pa.Table:
+    """The account state after each event that changed it, folded in arrival order by the event
+    consumer's own function (stream/state.py): what the consumer would have written had it run
+    all along, each state written when its event arrived."""
+    from stream.state import STATE_EVENTS, Event, fold
+
+    live = events.filter(pc.is_in(events["event_type"], pa.array(STATE_EVENTS)))
+    cols = {name: live[name].to_pylist() for name in ("event_id", "customer_id", "event_type", "amount")}
+    times = live["event_timestamp"].cast(pa.int64()).to_numpy()
+    arrived = live["created"].cast(pa.int64()).to_numpy()
+    stream = [Event(e, c, k, int(t), a) for e, c, k, a, t in zip(cols["event_id"], cols["customer_id"], cols["event_type"], cols["amount"], times)]
+    at = {id(event): int(a) for event, a in zip(stream, arrived)}
+    changed = fold({}, stream, LIVE_RETENTION_US)
+    if not changed:
+        return ACCOUNT_STATE_SCHEMA.empty_table()
+    rows = [state.row() | {"event_timestamp": state.newest_us, "created": at[id(event)]} for state, event in changed]
+    table = pa.Table.from_pylist(rows)
+    return pa.table({name: table[name].cast(pa.int64()).cast(TS) if name in ("event_timestamp", "created") else table[name].cast(ACCOUNT_STATE_SCHEMA.field(name).type)
+                     for name in ACCOUNT_STATE_SCHEMA.names}, schema=ACCOUNT_STATE_SCHEMA)
+
+
 def generate(cfg: GenerateConfig, out_dir: Path, progress=None) -> GenerateSummary:
-    """Write the three Parquet sources into `out_dir`, atomically.
+    """Write the Parquet sources into `out_dir`, atomically.
 
     Everything is written into a temporary directory beside `out_dir` and each file is
     renamed into place only after all of them are complete, so a failed or interrupted run
-    leaves the previous files untouched and no half-written Parquet behind.
+    leaves the previous files untouched and no half-written Parquet behind. The account-state
+    directory is replaced whole: part files an event consumer appended to the old data go with it.
     """
     if cfg.customers <= 0:
         raise ValueError(f"--customers must be a positive number, got {cfg.customers}")
@@ -403,6 +551,11 @@ def generate(cfg: GenerateConfig, out_dir: Path, progress=None) -> GenerateSumma
             ACTIVITY_FILE: pq.ParquetWriter(tmp / ACTIVITY_FILE, ACTIVITY_SCHEMA),
             LABELS_FILE: pq.ParquetWriter(tmp / LABELS_FILE, LABEL_SCHEMA),
         }
+        state_file = tmp / ACCOUNT_STATE_DIR / ACCOUNT_STATE_BACKFILL
+        if cfg.events:
+            writers[EVENTS_FILE] = pq.ParquetWriter(tmp / EVENTS_FILE, EVENT_SCHEMA)
+            state_file.parent.mkdir()
+            writers[ACCOUNT_STATE_DIR] = pq.ParquetWriter(state_file, ACCOUNT_STATE_SCHEMA)
         counts = dict.fromkeys(writers, 0)
         churn_sum = 0
         scores, ys = [], []
@@ -412,6 +565,8 @@ def generate(cfg: GenerateConfig, out_dir: Path, progress=None) -> GenerateSumma
                 first = c * CHUNK_CUSTOMERS
                 n = min(CHUNK_CUSTOMERS, cfg.customers - first)
                 tables = _simulate_chunk(cfg, c, first + 1, n)
+                if cfg.events:
+                    tables = (*tables, account_state_history(tables[3]))
                 for name, table in zip(writers, tables):
                     if table.num_rows:
                         writers[name].write_table(table)
@@ -429,7 +584,15 @@ def generate(cfg: GenerateConfig, out_dir: Path, progress=None) -> GenerateSumma
             for w in writers.values():
                 w.close()
         for name in writers:
-            os.replace(tmp / name, out_dir / name)
+            if name == ACCOUNT_STATE_DIR:
+                old = out_dir / ACCOUNT_STATE_DIR
+                if old.exists():
+                    os.replace(old, tmp / ".old-account-state")  # removed with tmp below
+                os.replace(state_file.parent, old)
+                # what an event consumer staged for the old data must not reach the new
+                shutil.rmtree(out_dir / f".{ACCOUNT_STATE_DIR}.staging", ignore_errors=True)
+            else:
+                os.replace(tmp / name, out_dir / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     y_all = np.concatenate(ys) if ys else np.array([])
@@ -439,7 +602,10 @@ def generate(cfg: GenerateConfig, out_dir: Path, progress=None) -> GenerateSumma
         profile_rows=counts[PROFILES_FILE],
         activity_rows=counts[ACTIVITY_FILE],
         label_rows=counts[LABELS_FILE],
+        event_rows=counts.get(EVENTS_FILE, 0),
+        state_rows=counts.get(ACCOUNT_STATE_DIR, 0),
         churn_rate=churn_sum / max(counts[LABELS_FILE], 1),
         ceiling_auc=_auc(s_all, y_all),
-        files={name: (out_dir / name).stat().st_size for name in writers},
+        files={name: (out_dir / name).stat().st_size if name != ACCOUNT_STATE_DIR else (out_dir / name / ACCOUNT_STATE_BACKFILL).stat().st_size
+               for name in writers},
     )

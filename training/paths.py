@@ -16,3 +16,4 @@ MODEL_DIR = Path(os.environ.get("SKEWLESS_MODEL_DIR", PROJECT_DIR / "models"))  
 PREDICTIONS_DB = DATA_DIR / "predictions.duckdb"
 PREDICTIONS_DIR = DATA_DIR / "predictions"
 FEATURE_LOG_DIR = DATA_DIR / "feature_log"
+REDIS_ENV = "SKEWLESS_REDIS"  # the variable feature_store.yaml takes the Redis connection from

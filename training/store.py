@@ -13,14 +13,13 @@ from pathlib import Path
 
 from feast import FeatureStore
 
-from training.paths import REPO_DIR
+from training.paths import REDIS_ENV, REPO_DIR  # noqa: F401  (REDIS_ENV: where callers look for it)
 
 # Library chatter that says nothing to a user of this project. Set after importing Feast, whose
 # modules put `simplefilter("once", ...)` rules in front of any set before.
 warnings.filterwarnings("ignore", message="fetch_arrow_table", category=DeprecationWarning)
 warnings.filterwarnings("ignore", message="On demand feature view is an experimental", category=RuntimeWarning)
 
-REDIS_ENV = "SKEWLESS_REDIS"  # the variable feature_store.yaml takes the Redis connection from
 
 
 def open_store(repo_path: Path | str = REPO_DIR) -> FeatureStore:

@@ -34,7 +34,7 @@ from training.dataset import TrainingSet, build_training_set, write_training_set
 from training.generate import LABEL_HORIZON_DAYS
 from training.score import feature_matrix, score
 
-SERVICE = "churn_v1"
+SERVICE = "churn_v1"  # the default contract; `skewless train --feature-service churn_v2` adds the live features
 SEED = 7
 VALIDATION_DATES = 3  # the last weekly label dates are held out
 HIGH_RISK_LIFT = 2.0  # High risk: at least twice as likely to churn as the average customer
@@ -163,11 +163,12 @@ def train(
     as_of: datetime | None = None,
     max_rows: int | None = None,
     step: Callable[[str], None] = lambda _: None,
+    feature_service: str = SERVICE,
 ) -> TrainResult:
     seconds = {}
     t = time.perf_counter()
     step("retrieve point-in-time features")
-    ts = build_training_set(store, repo_path, SERVICE, as_of, max_rows)
+    ts = build_training_set(store, repo_path, feature_service, as_of, max_rows)
     seconds["retrieve"] = time.perf_counter() - t
     train_mask, valid_mask = time_split(ts.frame)
     specs = feature_specs(store, ts, train_mask)
@@ -215,7 +216,7 @@ def train(
             "model_name": MODEL_NAME,
             "version": version,
             "created_at": datetime.now(timezone.utc).isoformat(),
-            "feature_service": SERVICE,
+            "feature_service": feature_service,
             "feast_project": store.project,
             "features": [s.to_json() for s in specs],
             "label": {

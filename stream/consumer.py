@@ -1,0 +1,346 @@
+"""`skewless stream`'s loop: account events in, live features and new scores out, within a second.
+
+Per batch of events (stream/source.py delivers them, at least once):
+
+1. each entry is parsed and checked: one that does not fit the schema, names an unknown
+   customer (no profile in the online store), has a time in the future, or repeats an event
+   already applied, goes to the dead-letter stream with the reason; the rest go on;
+2. the current account state of the customers concerned is read from Redis (Feast's layout)
+   and the events folded into it by the one state function (stream/state.py);
+3. the changed states are written to a staging Parquet file, fsynced: the durable record,
+   before anything is visible. Every `flush_s` staged files become one part file of the
+   `account_state` view's source directory (what Feast's offline retrieval reads, so training
+   and batch see what online saw, with `created` = when it became visible);
+4. the states are written to Redis with the materialization engine's newer-wins script, in
+   Feast's layout (online_store/materialize_engine.py): an older state never replaces a newer;
+5. the affected customers are scored with the served bundle, through the service's own feature
+   read and the one scoring function (at this instant, as /predict would), and each score is
+   published on the output stream and stored in the `churn_scores` view (online now, offline
+   at the next flush), so /scores serves it by ID;
+6. the entries are acknowledged.
+
+A crash anywhere leaves a state that re-running the batch repairs: folding is idempotent (a
+repeat changes nothing), staged rows are written again identically at worst, and scores are
+published again (the output stream is at-least-once; its entries carry the event ID, so a
+reader can drop repeats): nothing is lost or applied twice. One consumer per stream: two would
+each read-modify-write the same customer (shard the stream by customer for more).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from online_store.materialize_engine import plan_view, write_rows
+from online_store.redis_server import store_client
+from online_store.served_runs import scores_view
+from serving.features import FeatureLookup, RedisReader
+from stream import metrics
+from stream.source import SCORES_STREAM, Delivery, EventSource
+from stream.state import EVENT_TYPES, FIELDS, SEATS_EVENTS, AccountState, Event, apply
+from training.score import score
+
+STATE_VIEW = "account_state"
+PROFILE_VIEW = "customer_profile"  # a customer the online store has no profile for is unknown
+FUTURE_SKEW_S = 60.0  # an event time this far past the consumer's clock is refused
+STATE_TYPE = pa.schema([
+    ("customer_id", pa.int64()), ("event_timestamp", pa.timestamp("us", tz="UTC")), ("created", pa.timestamp("us", tz="UTC")),
+    ("live_seats", pa.int64()), ("seats_changed_at_us", pa.int64()), ("payment_failure_times_us", pa.list_(pa.int64())),
+    ("support_ticket_times_us", pa.list_(pa.int64())), ("last_payment_failure_at_us", pa.int64()),
+])
+
+
+class BadEvent(ValueError):
+    """An entry that cannot be applied; the message is the dead letter's reason."""
+
+
+def parse(fields: dict[str, str]) -> Event:
+    """An event from a stream entry's fields, or BadEvent naming what is wrong."""
+    try:
+        event_id, customer_id = int(fields["event_id"]), int(fields["customer_id"])
+        kind = fields["event_type"]
+        when = datetime.fromisoformat(fields["event_time"])
+    except KeyError as exc:
+        raise BadEvent(f"schema: missing field {exc.args[0]!r} (event_id, customer_id, event_type, event_time are required)") from None
+    except ValueError as exc:
+        raise BadEvent(f"schema: {exc}") from None
+    if customer_id < 0 or customer_id > 2**63 - 1:
+        raise BadEvent(f"schema: customer_id {customer_id} is outside 0..2^63-1")
+    if kind not in EVENT_TYPES:
+        raise BadEvent(f"schema: unknown event_type {kind!r} (one of {', '.join(EVENT_TYPES)})")
+    amount = fields.get("amount")
+    try:
+        value = None if amount in (None, "") else float(amount)
+    except ValueError:
+        raise BadEvent(f"schema: amount {amount!r} is not a number") from None
+    if kind in SEATS_EVENTS and (value is None or value < 0 or value != int(value)):
+        raise BadEvent(f"schema: {kind} needs the seats as a whole amount, got {amount!r}")
+    when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return Event(event_id, customer_id, kind, _micros(when), value)
+
+
+def _micros(t: datetime) -> int:
+    """Microseconds since the epoch, exactly (a float timestamp would round them)."""
+    return int(t.replace(microsecond=0).timestamp()) * 1_000_000 + t.microsecond
+
+
+def _retention_us(view) -> int:
+    from training.times import parse_duration
+
+    return int(parse_duration((view.tags or {}).get("retention", "48h"), f"the retention tag of {view.name}").total_seconds() * 1_000_000)
+
+
+@dataclass
+class BatchResult:
+    read: int = 0
+    applied: int = 0  # events that changed a state
+    unchanged: int = 0  # valid events that change no state (another type, an older seats value, a replayed repeat)
+    dead: int = 0
+    scored: int = 0
+
+
+@dataclass
+class Consumer:
+    """The loop's state: the views resolved once, the bundle, where rows are staged."""
+
+    store: object
+    bundle: object
+    source: EventSource
+    consumer: str = "consumer-1"
+    flush_s: float = 1.0
+    output_stream: str = SCORES_STREAM
+    staged: list[Path] = field(default_factory=list)
+    last_flush: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self):
+        from feast.infra.offline_stores.file_source import FileSource
+
+        store = self.store
+        self.client = store_client(store)
+        self.state_view = store.get_feature_view(STATE_VIEW)
+        self.retention_us = _retention_us(self.state_view)
+        self.state_plan = plan_view(store.config, self.state_view)
+        if isinstance(self.state_plan, str):
+            raise ValueError(f"{STATE_VIEW}: {self.state_plan}: the consumer writes Feast's Redis layout itself")
+        profile = store.get_feature_view(PROFILE_VIEW)
+        self.reader = RedisReader.for_store(store, [(self.state_view, list(FIELDS)), (profile, [])], "customer_id")
+        self.lookup = FeatureLookup(store, self.bundle.feature_service)
+        self.state_dir = Path(FileSource.get_uri_for_file_path(store.repo_path, self.state_view.batch_source.path))
+        self.scores = scores_view(store)
+        self.scores_plan = plan_view(store.config, self.scores) if self.scores is not None else None
+        self.scores_dir = Path(FileSource.get_uri_for_file_path(store.repo_path, self.scores.batch_source.path)) if self.scores else None
+        self.flush()  # what a previous run staged and did not get to flush
+
+    # ------------------------------------------------------------------ one batch
+    def step(self, count: int = 100, block_ms: int = 50, deliveries: list[Delivery] | None = None) -> BatchResult:
+        deliveries = self.source.read(count, block_ms) if deliveries is None else deliveries
+        result = BatchResult(read=len(deliveries))
+        if deliveries:
+            self._process(deliveries, result)
+            self.source.ack(deliveries)
+        if time.monotonic() - self.last_flush >= self.flush_s:
+            self.flush()
+        return result
+
+    def _process(self, deliveries: list[Delivery], result: BatchResult) -> None:
+        now = datetime.now(timezone.utc)
+        parsed: list[tuple[Delivery, Event]] = []
+        for d in deliveries:
+            try:
+                event = parse(d.fields)
+            except BadEvent as exc:
+                self._dead(d, "schema", str(exc), result)
+                continue
+            if event.time_us > (now.timestamp() + FUTURE_SKEW_S) * 1_000_000:
+                self._dead(d, "future", f"event time {d.fields.get('event_time')} is in the future (now {now.isoformat(timespec='seconds')})", result)
+                continue
+            parsed.append((d, event))
+        if not parsed:
+            return
+        customers = list(dict.fromkeys(e.customer_id for _, e in parsed))
+        values: dict[str, list] = {}
+        ts = self.reader.read(customers, now.timestamp(), values)
+        known = {c for c, t in zip(customers, ts[PROFILE_VIEW]) if t}
+        states = {c: AccountState.from_values(c, {f: values[f][i] for f in FIELDS}) for i, c in enumerate(customers)}
+        changed: dict[int, list[tuple[Delivery, Event]]] = {}
+        for d, event in parsed:
+            if event.customer_id not in known:
+                self._dead(d, "unknown_customer", f"unknown customer {event.customer_id}: no profile in the online store", result)
+                continue
+            new = apply(states[event.customer_id], event, self.retention_us)
+            if new is None:
+                if repeats(states[event.customer_id], event) and not d.redelivered:
+                    self._dead(d, "duplicate", f"duplicate: event {event.event_id} ({event.event_type} at {d.fields.get('event_time')}) is already applied", result)
+                else:
+                    result.unchanged += 1
+                    metrics.EVENTS.labels(outcome="unchanged").inc()
+                continue
+            states[event.customer_id] = new
+            changed.setdefault(event.customer_id, []).append((d, event))
+            result.applied += 1
+            metrics.EVENTS.labels(outcome="applied").inc()
+        if not changed:
+            return
+        written_at = datetime.now(timezone.utc)
+        rows = [states[c] for c in changed]
+        table = state_table(rows, written_at)
+        self._stage(table, "state")
+        write_rows(self.client, self.state_plan, online_batch(table, self.state_plan))
+        done = time.time()
+        self.state_written_at_us = int(done * 1e6)
+        for events in changed.values():
+            for d, _ in events:
+                metrics.EVENT_TO_FEATURE.observe(max(0.0, done - arrival_s(d)))
+        result.scored = self._score(list(changed), changed)
+
+    def _score(self, customers: list[int], changed: dict[int, list[tuple[Delivery, Event]]]) -> int:
+        """Score the customers whose state changed, at this instant; publish and store each score."""
+        now = datetime.now(timezone.utc)
+        got = self.lookup.lookup(customers, now)
+        found = [i for i, ok in enumerate(got.found) if ok]
+        if not found:
+            return 0
+        ids = [customers[i] for i in found]
+        feats = {k: [v[i] for i in found] for k, v in got.values.items()}
+        s = score(self.bundle, feats)
+        scored_at = datetime.now(timezone.utc)
+        with self.client.pipeline(transaction=False) as pipe:
+            for j, cid in enumerate(ids):
+                d, event = changed[cid][-1]  # the newest event that changed the state
+                pipe.xadd(self.output_stream, {
+                    "customer_id": cid, "churn_probability": repr(float(s.probability[j])), "churn_prediction": int(s.prediction[j]),
+                    "risk_segment": s.risk_segment[j], "model_name": self.bundle.name, "model_version": self.bundle.version,
+                    "event_id": event.event_id, "event_time": d.fields.get("event_time", ""), "as_of": now.isoformat(),
+                    "scored_at": scored_at.isoformat(), "features_written_at_us": self.state_written_at_us,
+                })
+            pipe.execute()
+        done = time.time()
+        for cid in ids:
+            for d, _ in changed[cid]:
+                metrics.EVENT_TO_SCORE.observe(max(0.0, done - arrival_s(d)))
+        if self.scores_plan is not None and not isinstance(self.scores_plan, str):
+            table = scores_table(ids, s, self.bundle, now, scored_at, [changed[c][-1][1].event_id for c in ids])
+            self._stage(table, "scores")
+            write_rows(self.client, self.scores_plan, online_batch(table, self.scores_plan, timestamp="as_of"))
+        metrics.SCORES.inc(len(ids))
+        return len(ids)
+
+    def _dead(self, d: Delivery, kind: str, reason: str, result: BatchResult) -> None:
+        self.source.dead_letter(d, reason)
+        result.dead += 1
+        metrics.EVENTS.labels(outcome="dead").inc()
+        metrics.DEAD_LETTERS.labels(reason=kind).inc()
+
+    # ------------------------------------------------------------------ offline: staged, then flushed
+    def _staging(self, what: str) -> Path:
+        base = self.state_dir if what == "state" else self.scores_dir
+        return base.parent / f".{base.name}.staging" / self.consumer
+
+    def _stage(self, table: pa.Table, what: str) -> None:
+        """The batch's rows, durable before they are visible anywhere (a crash redoes the batch)."""
+        d = self._staging(what)
+        d.mkdir(parents=True, exist_ok=True)
+        final = d / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = final.with_suffix(".tmp")
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+
+    def flush(self) -> int:
+        """Staged files -> one part file per view in its source directory; then the staged files go."""
+        moved = 0
+        for what in ("state", "scores"):
+            if what == "scores" and self.scores_dir is None:
+                continue
+            staged = sorted(self._staging(what).glob("*.parquet"))
+            if not staged:
+                continue
+            table = pa.concat_tables([pq.read_table(f) for f in staged])
+            stamp = f"stream-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{self.consumer}"
+            if what == "state":
+                target = self.state_dir / f"{stamp}.parquet"
+            else:
+                day = table["as_of"][0].as_py()
+                target = self.scores_dir / f"as_of_date={day:%Y-%m-%d}" / f"{stamp}.parquet"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            pq.write_table(table, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+            for f in staged:
+                f.unlink(missing_ok=True)
+            moved += table.num_rows
+        self.last_flush = time.monotonic()
+        return moved
+
+    def lag(self) -> None:
+        lag = self.source.lag()
+        if lag is not None:
+            metrics.LAG.set(lag)
+
+
+def repeats(state: AccountState, event: Event) -> bool:
+    """Whether `event` is already in `state` (the same type at the same microsecond)."""
+    if event.event_type == "payment_failed":
+        return event.time_us in state.payment_failure_times_us
+    if event.event_type == "ticket_opened":
+        return event.time_us in state.support_ticket_times_us
+    if event.event_type in SEATS_EVENTS:
+        return state.seats_changed_at_us == event.time_us
+    return False
+
+
+def arrival_s(d: Delivery) -> float:
+    """When the event reached the bus: the producer's `sent_at_us` when it gives one, else the entry's time."""
+    sent = d.fields.get("sent_at_us")
+    return int(sent) / 1e6 if sent and sent.isdigit() else d.arrived_ms / 1000.0
+
+
+def state_table(states: list[AccountState], written_at: datetime) -> pa.Table:
+    """State rows of the account_state source: event time = the newest event each holds, created = now."""
+    rows = [s.row() | {"event_timestamp": s.newest_us, "created": int(written_at.timestamp() * 1_000_000)} for s in states]
+    cols = {name: [r[name] for r in rows] for name in STATE_TYPE.names}
+    arrays = {}
+    for f in STATE_TYPE:
+        if f.name in ("event_timestamp", "created"):
+            arrays[f.name] = pa.array(cols[f.name], pa.int64()).cast(f.type)
+        else:
+            arrays[f.name] = pa.array(cols[f.name], f.type)
+    return pa.table(arrays, schema=STATE_TYPE)
+
+
+def scores_table(ids: list[int], s, bundle, as_of: datetime, scored_at: datetime, event_ids: list[int]) -> pa.Table:
+    """Scores rows in the predictions schema (the churn_scores view's source), one per customer."""
+    from batch.outputs import ARROW_SCHEMA
+
+    n = len(ids)
+    naive = lambda t: t.astimezone(timezone.utc).replace(tzinfo=None)  # noqa: E731  (the predictions' naive UTC)
+    return pa.table({
+        "customer_id": pa.array(ids, pa.int64()),
+        "churn_probability": pa.array(s.probability, pa.float64()),
+        "churn_prediction": pa.array(s.prediction.astype("int32"), pa.int32()),
+        "risk_segment": pa.array(s.risk_segment, pa.string()),
+        "model_name": pa.array([bundle.name] * n, pa.string()),
+        "model_version": pa.array([bundle.version] * n, pa.string()),
+        "as_of": pa.array([naive(as_of)] * n, pa.timestamp("us")),
+        "scored_at": pa.array([naive(scored_at)] * n, pa.timestamp("us")),
+        "run_id": pa.array([f"event:{e}" for e in event_ids], pa.string()),
+        "run_kind": pa.array(["event"] * n, pa.string()),
+    }, schema=ARROW_SCHEMA)
+
+
+def online_batch(table: pa.Table, plan, timestamp: str = "event_timestamp") -> pa.RecordBatch:
+    """The rows as the engine's writer takes them: key, event time, then the plan's features in order."""
+    cols = [table["customer_id"].cast(pa.int64()), table[timestamp].cast(pa.timestamp("us", tz="UTC"))]
+    cols += [table[name] for name, _ in plan.features]
+    return pa.RecordBatch.from_arrays([c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in cols],
+                                      names=["k", "ts", *[name for name, _ in plan.features]])
