@@ -80,9 +80,11 @@ def live_event(store, endpoint, base: str, active) -> dict | None:
 
     from stream.consumer import Consumer
     from stream.source import EVENTS_STREAM, SCORES_STREAM, RedisStreamSource
-    from training.bundle import DEFAULT_MODEL_DIR, load_bundle
+    from serving.settings import Settings
+    from training.bundle import load_bundle
 
-    bundle = load_bundle("latest", DEFAULT_MODEL_DIR, store=store)
+    settings = Settings()  # the same bundle the service serves (SKEWLESS_MODEL_DIR, SKEWLESS_MODEL_VERSION)
+    bundle = load_bundle(settings.model_version, settings.model_dir, store=store)
     if "payment_failures_24h" not in bundle.feature_names:
         click.echo(f"(no live event: {bundle.name}/{bundle.version} is trained on {bundle.feature_service}, without the live features of churn_v2)")
         return None

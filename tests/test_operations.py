@@ -94,7 +94,7 @@ def test_plain_incremental_run_into_a_fresh_redis_loads_it_whole_and_flushall_is
         # the registry now records runs up to `now`: a registry-driven run would load nothing into B
         store_on(live.repo, b, monkeypatch).materialize_incremental(now)
         assert dump(b) == dump(a)
-        assert len(dump(a)[0]) > 500 and set(dump(a)[1]) == {"customer_profile", "customer_activity"}
+        assert len(dump(a)[0]) > 500 and set(dump(a)[1]) == {"customer_profile", "customer_activity", "account_state", "churn_scores"}
 
         ready, online, batch = served_vs_batch(live, sample, tmp_path / "before")
         assert ready.status_code == 200 and len(online) > 40

@@ -159,7 +159,9 @@ def test_bundle_is_refused_when_the_registry_contract_changes(trained, tmp_path,
     for f in (small_repo / "data").glob("*.parquet"):
         shutil.copy(f, repo / "data")
     defs = repo / "definitions.py"
-    defs.write_text(defs.read_text().replace('"spend_7d",\n                "spend_30d",', '"spend_30d",'))
+    text = defs.read_text()
+    assert '"spend_7d",\n            "spend_30d",' in text
+    defs.write_text(text.replace('"spend_7d",\n            "spend_30d",', '"spend_30d",'))
     assert feast_apply(repo, redis_endpoint).returncode == 0
     result, model_dir = trained
     with pytest.raises(BundleError, match=r"missing \[\('spend_7d', 'Float64'\)\]"):
