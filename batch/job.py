@@ -19,7 +19,7 @@ import contextlib
 import os
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -67,6 +67,16 @@ class BatchSummary:
     wall_seconds: float = 0.0
     process_peak_rss_mb: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    chunk_seconds: list[dict[str, float]] = field(default_factory=list)  # per chunk, where an engine reports it
+
+    def add(self, chunk: "ScoredChunk") -> None:
+        self.customers += chunk.table.num_rows
+        self.not_found += chunk.not_found
+        self.with_missing_features += chunk.with_missing_features
+        self.with_unseen_category += chunk.with_unseen_category
+        self.by_segment.update(chunk.by_segment)
+        if chunk.seconds:
+            self.chunk_seconds.append(chunk.seconds)
 
     @property
     def rows_per_second(self) -> float:
@@ -162,6 +172,66 @@ def _count_inputs(bundle: Bundle, frame: pd.DataFrame) -> tuple[int, int]:
     return int(missing.any(axis=1).sum()), int(unseen.sum())
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """What every output row of a run carries (small and picklable: a Ray task gets it)."""
+
+    run_id: str
+    as_of: datetime  # UTC
+    scored_at: datetime  # naive UTC
+    kind: str  # full | ad-hoc
+
+
+@dataclass
+class ScoredChunk:
+    """One chunk of customers, scored: the output rows and the counts the run summary adds up."""
+
+    index: int  # the chunk's place in the run (a retried chunk has the same)
+    table: pa.Table
+    processed: int  # customers asked for
+    not_found: list[int]
+    with_missing_features: int
+    with_unseen_category: int
+    by_segment: dict[str, int]
+    seconds: dict[str, float] = field(default_factory=dict)  # where the chunk's time went
+
+
+def score_frame(index: int, bundle: Bundle, contract, frame: pd.DataFrame, run: RunInfo) -> ScoredChunk:
+    """Score one chunk of retrieved features: the customers with none are not found, the rest scored."""
+    processed = len(frame)
+    found = contract.found(frame)
+    not_found = frame.loc[~found, "customer_id"].astype("int64").tolist() if not found.all() else []
+    if not_found:
+        frame = frame[found]
+    s = score(bundle, frame)
+    ids = frame["customer_id"].to_numpy(dtype=np.int64)
+    table = prediction_table(ids, s, bundle, run.as_of.replace(tzinfo=None), run.scored_at, run.run_id, run.kind)
+    missing, unseen = _count_inputs(bundle, frame)
+    segments, counts = np.unique(np.asarray(s.risk_segment, dtype=object).astype(str), return_counts=True)
+    return ScoredChunk(index, table, processed, not_found, missing, unseen, dict(zip(segments.tolist(), counts.tolist())))
+
+
+def local_chunks(store, bundle: Bundle, contract, ids: np.ndarray, as_of: datetime, chunk_rows: int, run: RunInfo,
+                 clock: StageClock) -> Iterator[ScoredChunk]:
+    """The single-machine engine: retrieval one chunk ahead in a thread, scoring here."""
+    bundle.booster.set_param({"nthread": _cores()})
+    parts: dict[str, float] = {}
+    # Feast runs only in the prefetch thread from here on: nothing else uses its connections;
+    # closing() joins that thread before the DuckDB settings are restored
+    features = stream_features(store, contract, ids, as_of, chunk_rows, seconds=parts)
+    frames = prefetch(features, step=lambda: clock.stage("retrieve"), name="batch-retrieval")
+    with duckdb_memory_limited(store), contextlib.closing(frames):
+        for index, frame in enumerate(frames):
+            with clock.stage("score"):
+                chunk = score_frame(index, bundle, contract, frame, run)
+            yield chunk
+    for name, secs in parts.items():
+        clock.add(f"retrieve.{name}", secs)
+
+
+Engine = Callable[..., Iterator[ScoredChunk]]  # (store, bundle, contract, ids, as_of, chunk_rows, run, clock) -> chunks
+
+
 def run_batch(
     store,
     bundle: Bundle,
@@ -172,10 +242,13 @@ def run_batch(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    engine: Engine = local_chunks,
 ) -> BatchSummary:
     """Score `customer_ids` (default: everyone active at `as_of`) and swap the run into the outputs.
 
-    Nothing readers see changes unless the whole run succeeds; any error discards the staged rows.
+    `engine` produces the scored chunks: `local_chunks` here, or batch/ray_engine.py's on a
+    Ray cluster; either way the rows go through this one writer and one commit. Nothing
+    readers see changes unless the whole run succeeds; any error discards the staged rows.
     """
     if as_of.tzinfo is None:
         raise ValueError(f"as-of time {as_of.isoformat()} has no time zone")
@@ -185,13 +258,11 @@ def run_batch(
     try:
         contract = resolve(store, bundle.feature_service)
         warnings = check_as_of(store, contract, as_of)
-        run_id = f"{as_of:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-        as_of_naive = as_of.replace(tzinfo=None)
-        scored_at = datetime.now(timezone.utc).replace(tzinfo=None)
-        summary = BatchSummary(run_id=run_id, as_of=as_of, model=f"{bundle.name}/{bundle.version}", warnings=warnings)
-        # outputs first: an unwritable path fails now, not after minutes of retrieval
         kind = "full" if customer_ids is None else "ad-hoc"
-        writer = PredictionWriter(db_path, parquet_root, RunKey(bundle.name, bundle.version, as_of_naive), run_id, kind)
+        run = RunInfo(f"{as_of:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}", as_of, datetime.now(timezone.utc).replace(tzinfo=None), kind)
+        summary = BatchSummary(run_id=run.run_id, as_of=as_of, model=f"{bundle.name}/{bundle.version}", warnings=warnings)
+        # outputs first: an unwritable path fails now, not after minutes of retrieval
+        writer = PredictionWriter(db_path, parquet_root, RunKey(bundle.name, bundle.version, as_of.replace(tzinfo=None)), run.run_id, kind)
         try:
             with clock.stage("customers"):
                 if customer_ids is None:
@@ -203,43 +274,24 @@ def run_batch(
                 raise NothingToScore(f"nothing to score: {what} at {as_of.isoformat()}")
             if on_total:
                 on_total(len(ids))
-            bundle.booster.set_param({"nthread": _cores()})
-            parts: dict[str, float] = {}
-            # Feast runs only in the prefetch thread from here on: nothing else uses its connections;
-            # closing() joins that thread before the DuckDB settings are restored
-            features = stream_features(store, contract, ids, as_of, chunk_rows, seconds=parts)
-            frames = prefetch(features, step=lambda: clock.stage("retrieve"), name="batch-retrieval")
-            with duckdb_memory_limited(store), contextlib.closing(frames):
-                for frame in frames:
-                    with clock.stage("score"):
-                        processed = len(frame)
-                        found = contract.found(frame)
-                        if not found.all():
-                            summary.not_found += frame.loc[~found, "customer_id"].astype("int64").tolist()
-                            frame = frame[found]
-                        s = score(bundle, frame)
-                        chunk_ids = frame["customer_id"].to_numpy(dtype=np.int64)
-                        table = prediction_table(chunk_ids, s, bundle, as_of_naive, scored_at, run_id, kind)
-                        missing, unseen = _count_inputs(bundle, frame)
-                        summary.with_missing_features += missing
-                        summary.with_unseen_category += unseen
-                        segments, counts = np.unique(np.asarray(s.risk_segment, dtype=object).astype(str), return_counts=True)
-                        summary.by_segment.update(dict(zip(segments.tolist(), counts.tolist())))
-                        summary.customers += len(chunk_ids)
-                    with clock.stage("write"):
-                        writer.write(table)
-                    if progress:
-                        progress(processed)
+            seen: set[int] = set()
+            for chunk in engine(store, bundle, contract, ids, as_of, chunk_rows, run, clock):
+                if chunk.index in seen:
+                    continue  # a chunk computed twice (a retried task): its rows are in already
+                seen.add(chunk.index)
+                summary.add(chunk)
+                with clock.stage("write"):
+                    writer.write(chunk.table)
+                if progress:
+                    progress(chunk.processed)
             if summary.customers == 0:
                 raise NothingToScore(f"nothing to score: none of the {len(ids):,} customers has features at {as_of.isoformat()} "
                                      f"(not found: {first_ids(summary.not_found)})")
             with clock.stage("commit"):
-                writer.commit(scored_at, len(summary.not_found))
+                writer.commit(run.scored_at, len(summary.not_found))
         except BaseException:
             writer.abort()
             raise
-        for name, secs in parts.items():
-            clock.add(f"retrieve.{name}", secs)
         return summary
     finally:
         clock.close()

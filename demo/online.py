@@ -95,7 +95,7 @@ def live_event(store, endpoint, base: str, active) -> dict | None:
     def consume():
         while not stop.is_set():
             consumer.step(100, 20)
-        consumer.flush()
+        consumer.close()
 
     thread = threading.Thread(target=consume, name="stream-consumer", daemon=True)
     thread.start()

@@ -687,15 +687,18 @@ def _calls_for_rows(plan: ViewPlan, sha: bytes, batch: pa.RecordBatch, keys_per_
     return chunks, calls
 
 
-def write_rows(client, plan: ViewPlan, batch: pa.RecordBatch, keys_per_call: int = 256) -> int:
+def write_rows(client, plan: ViewPlan, batch: pa.RecordBatch, keys_per_call: int = 256, pipe: "Pipeline | None" = None) -> int:
     """Write rows that come from elsewhere than the offline store (the event consumer's) with the
-    same newer-wins script, in the same layout; `batch` is (key, event time, the plan's features)."""
+    same newer-wins script, in the same layout; `batch` is (key, event time, the plan's features).
+    A caller that writes often passes its own open `pipe` (one connection, the script loaded once)."""
     if batch.num_rows == 0:
         return 0
-    with Pipeline(client, plan.name) as pipe:
-        chunks, calls = calls_for_batch(plan, pipe.sha, batch, keys_per_call)
-        pipe.send(chunks, calls)
-        return pipe.collect()
+    if pipe is None:
+        with Pipeline(client, plan.name) as own:
+            return write_rows(client, plan, batch, keys_per_call, own)
+    chunks, calls = calls_for_batch(plan, pipe.sha, batch, keys_per_call)
+    pipe.send(chunks, calls)
+    return pipe.collect()
 
 
 def write_view(plan: ViewPlan, client, start: datetime, end: datetime, options: SkewlessRedisEngineConfig,

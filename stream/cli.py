@@ -95,7 +95,7 @@ def run(repo, model_dir, version, consumer, count, block_ms, flush_s, metrics_po
             if now - lag_at >= 1.0:
                 loop.lag()
                 lag_at = now
-        loop.flush()
+        loop.close()
     click.echo(f"stopped: {totals['read']:,} events read, {totals['applied']:,} applied, {totals['unchanged']:,} unchanged, "
                f"{totals['dead']:,} dead-lettered, {totals['scored']:,} scores published")
 

@@ -29,6 +29,7 @@ each read-modify-write the same customer (shard the stream by customer for more)
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from online_store.materialize_engine import plan_view, write_rows
+from online_store.materialize_engine import Pipeline, plan_view, write_rows
 from online_store.redis_server import store_client
 from online_store.served_runs import scores_view
 from serving.features import FeatureLookup, RedisReader
@@ -136,7 +137,11 @@ class Consumer:
         self.scores = scores_view(store)
         self.scores_plan = plan_view(store.config, self.scores) if self.scores is not None else None
         self.scores_dir = Path(FileSource.get_uri_for_file_path(store.repo_path, self.scores.batch_source.path)) if self.scores else None
-        self.flush()  # what a previous run staged and did not get to flush
+        self.pipe = Pipeline(self.client, "stream").__enter__()  # one connection for the writes, the script loaded once
+        self._lock = threading.Lock()
+        self._flushing: threading.Thread | None = None
+        self._pending = {"state": [], "scores": []}  # (staged file, rows) since the last flush
+        self.flush(from_disk=True)  # what a previous run staged and did not get to flush
 
     # ------------------------------------------------------------------ one batch
     def step(self, count: int = 100, block_ms: int = 50, deliveries: list[Delivery] | None = None) -> BatchResult:
@@ -145,9 +150,23 @@ class Consumer:
         if deliveries:
             self._process(deliveries, result)
             self.source.ack(deliveries)
-        if time.monotonic() - self.last_flush >= self.flush_s:
-            self.flush()
+        if time.monotonic() - self.last_flush >= self.flush_s and (self._flushing is None or not self._flushing.is_alive()):
+            # off the event path: a flush writes and fsyncs a part file per view (tens of ms)
+            self.last_flush = time.monotonic()
+            self._flushing = threading.Thread(target=self.flush, name="stream-flush", daemon=True)
+            self._flushing.start()
         return result
+
+    def settle(self) -> None:
+        """Every staged row in the offline store now: the flush in flight, then one more."""
+        if self._flushing is not None:
+            self._flushing.join()
+        self.flush()
+
+    def close(self) -> None:
+        """Settle, and give the write connection back."""
+        self.settle()
+        self.pipe.__exit__(None, None, None)
 
     def _process(self, deliveries: list[Delivery], result: BatchResult) -> None:
         now = datetime.now(timezone.utc)
@@ -192,7 +211,7 @@ class Consumer:
         rows = [states[c] for c in changed]
         table = state_table(rows, written_at)
         self._stage(table, "state")
-        write_rows(self.client, self.state_plan, online_batch(table, self.state_plan))
+        write_rows(self.client, self.state_plan, online_batch(table, self.state_plan), pipe=self.pipe)
         done = time.time()
         self.state_written_at_us = int(done * 1e6)
         for events in changed.values():
@@ -228,7 +247,7 @@ class Consumer:
         if self.scores_plan is not None and not isinstance(self.scores_plan, str):
             table = scores_table(ids, s, self.bundle, now, scored_at, [changed[c][-1][1].event_id for c in ids])
             self._stage(table, "scores")
-            write_rows(self.client, self.scores_plan, online_batch(table, self.scores_plan, timestamp="as_of"))
+            write_rows(self.client, self.scores_plan, online_batch(table, self.scores_plan, timestamp="as_of"), pipe=self.pipe)
         metrics.SCORES.inc(len(ids))
         return len(ids)
 
@@ -253,17 +272,26 @@ class Consumer:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
+        with self._lock:
+            self._pending[what].append((final, table))
 
-    def flush(self) -> int:
-        """Staged files -> one part file per view in its source directory; then the staged files go."""
+    def flush(self, from_disk: bool = False) -> int:
+        """Staged rows -> one part file per view in its source directory; then their staged files go.
+
+        The rows come from memory; `from_disk` (at start-up) reads what a previous run staged.
+        """
         moved = 0
         for what in ("state", "scores"):
             if what == "scores" and self.scores_dir is None:
                 continue
-            staged = sorted(self._staging(what).glob("*.parquet"))
+            if from_disk:
+                staged = [(f, pq.read_table(f)) for f in sorted(self._staging(what).glob("*.parquet"))]
+            else:
+                with self._lock:
+                    staged, self._pending[what] = self._pending[what], []
             if not staged:
                 continue
-            table = pa.concat_tables([pq.read_table(f) for f in staged])
+            table = pa.concat_tables([t for _, t in staged])
             stamp = f"stream-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{self.consumer}"
             if what == "state":
                 target = self.state_dir / f"{stamp}.parquet"
@@ -276,10 +304,9 @@ class Consumer:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, target)
-            for f in staged:
+            for f, _ in staged:
                 f.unlink(missing_ok=True)
             moved += table.num_rows
-        self.last_flush = time.monotonic()
         return moved
 
     def lag(self) -> None:

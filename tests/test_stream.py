@@ -92,7 +92,7 @@ def consume(env, name="consumer-1") -> Consumer:
 def drain(c: Consumer) -> None:
     while c.step(100, 10).read:
         pass
-    c.flush()
+    c.settle()
 
 
 def output(client) -> dict[int, dict]:
