@@ -14,7 +14,7 @@ RUN := $(UV) run --frozen --no-sync
 CUSTOMERS ?= 50000
 DEMO_START := $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 
-.PHONY: demo test install redis curl chromium clean help
+.PHONY: demo test install redis curl chromium netns clean help
 help:
 	@echo "make demo   install, generate $(CUSTOMERS) customers, apply, train, batch-score, serve, skew report"
 	@echo "make test   install and run the tests"
@@ -45,6 +45,11 @@ curl:
 	$(call debian,curl,curl)
 chromium:
 	$(call debian,chromium,chromium)
+# the Ray tests run Ray in a network namespace with only loopback: unshare/nsenter, ip, pgrep
+netns:
+	$(call debian,unshare,util-linux)
+	$(call debian,ip,iproute2)
+	$(call debian,pgrep,procps)
 
 demo: install redis curl
 	$(RUN) skewless generate --customers $(CUSTOMERS) --end $(DEMO_START)
@@ -55,7 +60,7 @@ demo: install redis curl
 	$(RUN) skewless skew-report --since $(DEMO_START)
 	@$(RUN) skewless demo-summary --started $(DEMO_START)
 
-test: install redis curl chromium
+test: install redis curl chromium netns
 	$(RUN) pytest -q
 
 clean:

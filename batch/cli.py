@@ -86,8 +86,12 @@ def _outputs(out_dir: Path | None, db_path: Path | None, parquet_dir: Path | Non
 @click.option("--chunk-rows", type=int, default=None, help="Customers per chunk (default 250,000): bounds memory.")
 @click.option("--top", "top_n", type=int, default=10, show_default=True, help="Print this many highest-risk customers at the end (0: none).")
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the run summary (counts, stage times, peak RSS) as JSON here.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="Where the chunks run: this process, or Ray tasks.")
+@click.option("--address", default=None, help="With --engine ray: an existing cluster (host:port); without, a local Ray is started and stopped.")
+@click.option("--ray-cpus", type=click.IntRange(min=1), default=None, help="With a local Ray: its CPUs (default: this machine's).")
 @click.pass_context
-def score(ctx, as_of, ids_file, all_active, version, model_dir, repo, out_dir, db_path, parquet_dir, chunk_rows, top_n, summary_json) -> None:
+def score(ctx, as_of, ids_file, all_active, version, model_dir, repo, out_dir, db_path, parquet_dir, chunk_rows, top_n, summary_json,
+          engine, address, ray_cpus) -> None:
     """Score customers as of a time into DuckDB (table churn_predictions) and Parquet.
 
     \b
@@ -105,6 +109,8 @@ def score(ctx, as_of, ids_file, all_active, version, model_dir, repo, out_dir, d
         raise click.ClickException(f"--chunk-rows must be a positive number, got {chunk_rows}")
     if top_n < 0:
         raise click.ClickException(f"--top must be 0 or more, got {top_n}")
+    if engine != "ray" and (address or ray_cpus):
+        raise click.ClickException("--address and --ray-cpus go with --engine ray")
     when = parse_time(as_of)
     if as_of == "now":
         when = when.replace(microsecond=0)  # whole seconds, as the derived features use
@@ -112,7 +118,9 @@ def score(ctx, as_of, ids_file, all_active, version, model_dir, repo, out_dir, d
     if ids_file is not None:
         ids, duplicates = read_ids(ids_file)
     db, parquet_root = _outputs(out_dir, db_path, parquet_dir)
-    summary, parquet_root, served = _run(repo, model_dir, version, when, ids, db, None if parquet_dir is None and out_dir is None else parquet_root, chunk_rows)
+    ray = {"address": address, "cpus": ray_cpus} if engine == "ray" else None
+    summary, parquet_root, served = _run(repo, model_dir, version, when, ids, db, None if parquet_dir is None and out_dir is None else parquet_root,
+                                         chunk_rows, ray)
     for warning in summary.warnings:
         click.echo(f"warning: {warning}", err=True)
     if duplicates:
@@ -129,7 +137,7 @@ def score(ctx, as_of, ids_file, all_active, version, model_dir, repo, out_dir, d
         summary_json.write_text(json.dumps(summary.to_json() | {"duplicates": duplicates}, indent=2) + "\n")
 
 
-def _run(repo, model_dir, version, when, ids, db, parquet_root, chunk_rows):
+def _run(repo, model_dir, version, when, ids, db, parquet_root, chunk_rows, ray=None):
     import duckdb
     from tqdm import tqdm
 
@@ -154,17 +162,36 @@ def _run(repo, model_dir, version, when, ids, db, parquet_root, chunk_rows):
         if parquet_root is None:
             parquet_root = served_dir.parent if served_dir is not None else PREDICTIONS_DIR
         _abort_on_sigterm()
+        if ray is not None:
+            try:
+                engine = stack.enter_context(_ray_engine(repo, model_dir or DEFAULT_MODEL_DIR, bundle.version, ray))
+            except ConnectionError as exc:
+                raise click.ClickException(str(exc)) from None
         with tqdm(unit="customer", unit_scale=True, desc="score", file=sys.stderr, disable=None, leave=False) as bar:
             try:
                 summary = run_batch(
                     store, bundle, when, None if ids is None else ids, db, parquet_root, chunk_rows or DEFAULT_CHUNK_ROWS,
                     progress=bar.update, on_total=lambda n: (setattr(bar, "total", n), bar.refresh()),
+                    **({"engine": engine} if ray is not None else {}),
                 )
             except OutputError as exc:
                 raise click.ClickException(str(exc)) from None
             except duckdb.Error as exc:
                 raise click.ClickException(f"DuckDB failed: {str(exc).strip().splitlines()[0]}") from None
         return summary, parquet_root, _publish(store, summary, bundle, endpoint, served_dir, parquet_root)
+
+
+def _ray_engine(repo, model_dir, version: str, ray: dict):
+    """The Ray engine (batch/ray_engine.py), its progress a line per finished range on stderr."""
+    try:
+        from batch.ray_engine import RayEngine
+    except ImportError as exc:
+        raise click.ClickException(f"Ray is not importable ({exc}): `make install` installs the locked ray[data]") from None
+
+    def report(done: int, total: int, rows: int, seconds: float) -> None:
+        click.echo(f"  ray: {done}/{total} ranges, {rows:,} customers, {rows / max(seconds, 1e-9):,.0f} rows/s", err=True)
+
+    return RayEngine(repo, model_dir, version, address=ray["address"], cpus=ray["cpus"], report=report)
 
 
 def _publish(store, summary, bundle, endpoint, served_dir: Path | None, parquet_root: Path) -> str:
@@ -183,10 +210,10 @@ def _publish(store, summary, bundle, endpoint, served_dir: Path | None, parquet_
         run = publish(store, summary.as_of, bundle.name)
     except Exception as exc:  # the run is committed; only the online copy is behind
         raise click.ClickException(
-            f"the run is committed to DuckDB and Parquet, but publishing it to redis {endpoint.host}:{endpoint.port} failed "
+            f"the run is committed to DuckDB and Parquet, but publishing it to redis {endpoint.where} failed "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): run `skewless materialize` to load it (safe to repeat)"
         ) from None
-    where = f"redis {endpoint.host}:{endpoint.port} db {endpoint.db}"
+    where = f"redis {endpoint.where} db {endpoint.db}"
     if run is None:
         return f"published to {where}; it serves no full run of {bundle.name} yet"
     return f"published to {where}: it serves {run.model_name}/{run.model_version} full run {run.run_id} (as-of {run.as_of:%Y-%m-%d %H:%M:%S} UTC, {run.rows:,} rows)"
@@ -226,10 +253,16 @@ def _print_summary(s, db: Path, parquet_root: Path) -> None:
     parts = [f"{k.split('.', 1)[1].replace('_', '-')} {v:.2f}s" for k, v in secs.items() if k.startswith("retrieve.")]
     if parts:
         retrieve += f" ({', '.join(parts)}; runs a chunk ahead of scoring)"
-    stages = [f"customers {secs.get('customers', 0):.2f}s", retrieve] + [f"{k} {secs[k]:.2f}s" for k in ("score", "write", "commit") if k in secs]
+    stages = [f"customers {secs.get('customers', 0):.2f}s", retrieve] + [f"{k} {secs[k]:.2f}s" for k in ("ray", "score", "write", "commit") if k in secs]
     click.echo("  time: " + ", ".join(stages) + f"; wall {s.wall_seconds:.2f}s, {s.rows_per_second:,.0f} rows/s")
     peaks = ", ".join(f"{k} {v:,.0f}" for k, v in s.peak_rss_mb.items())
     click.echo(f"  peak RSS MB: {peaks}; process {s.process_peak_rss_mb:,.0f}")
+    if s.chunk_seconds:  # the Ray engine's tasks
+        per_task = sorted(c["rows"] / max(c["retrieve"] + c["score"], 1e-9) for c in s.chunk_seconds)
+        workers = {c["pid"]: c["rss_mb"] for c in s.chunk_seconds}
+        nodes = {c["node"] for c in s.chunk_seconds}
+        click.echo(f"  ray tasks: {len(s.chunk_seconds)} ranges on {len(workers)} worker process(es) on {len(nodes)} node(s), median {per_task[len(per_task) // 2]:,.0f} rows/s a task, "
+                   f"worker RSS MB max {max(workers.values()):,.0f}")
     key_file = RunKey(*s.model.split("/", 1), s.as_of.replace(tzinfo=None))
     click.echo(f"  outputs: {db} (table {TABLE}), {parquet_root / TABLE / key_file.partition / key_file.file_name}")
 
@@ -319,7 +352,7 @@ def _check_online_copy(runs, repo: Path) -> str | None:
         click.echo("      online copy: not checked (no Redis named: set REDIS_URL to check what /scores serves)")
         return None
     project = yaml.safe_load((repo / "feature_store.yaml").read_text())["project"]
-    where = f"redis {endpoint.host}:{endpoint.port} db {endpoint.db}"
+    where = f"redis {endpoint.where} db {endpoint.db}"
     try:
         served = read_runs(endpoint.client(), project)
     except Exception as exc:  # redis errors and refused connections alike: one line

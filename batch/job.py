@@ -98,6 +98,7 @@ class BatchSummary:
             "rows_per_second": round(self.rows_per_second, 1),
             "process_peak_rss_mb": round(self.process_peak_rss_mb, 1),
             "warnings": self.warnings,
+            "chunk_seconds": self.chunk_seconds,
         }
 
 
