@@ -41,6 +41,7 @@ feature_service, model_name, model_version and the features with their Feast dty
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -56,6 +57,8 @@ import pyarrow.parquet as pq
 
 from serving.metrics import ERRORS, FEATURE_LOG_DROPPED, FEATURE_LOG_WRITTEN
 from training.bundle import Bundle
+
+_FILE_SEQ = itertools.count(1)  # per process: a logger of a rolled-out model never reuses a name
 
 SCHEMA_VERSION = 1
 CONVERT_S = 0.1  # how often buffered rows become Arrow (each conversion holds the GIL briefly)
@@ -132,7 +135,6 @@ class FeatureLogger:
         self._file_rows = 0
         self._file_started = 0.0
         self._file_day = ""
-        self._seq = 0
         self.thread = threading.Thread(target=self._run, name="skewless-feature-log", daemon=True)
         self.thread.start()
 
@@ -228,8 +230,7 @@ class FeatureLogger:
     def _open_file(self, day: str) -> None:
         part = self.log_dir / f"date={day}"
         part.mkdir(parents=True, exist_ok=True)
-        self._seq += 1
-        name = f"part-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{os.getpid()}-{self._seq}.parquet"
+        name = f"part-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{os.getpid()}-{next(_FILE_SEQ)}.parquet"
         self._file = (part / f".{name}.inprogress", part / name)
         self._writer = pq.ParquetWriter(self._file[0], self.schema)
         self._file_rows, self._file_started, self._file_day = 0, time.monotonic(), day

@@ -155,5 +155,5 @@ def materialize_command(end: str, lookback: float, full: bool, repo: Path) -> No
         click.echo(line)
         click.echo(f"    watermark after:  {describe(summary['after'][name], now)}")
     rate = f", {summary['rows'] / summary['seconds']:,.0f} rows/s" if summary["runs"] and summary["seconds"] else ""
-    click.echo(f"materialized {len(summary['views'])} views into redis {endpoint.host}:{endpoint.port} db {endpoint.db} ({keys:,} keys): "
+    click.echo(f"materialized {len(summary['views'])} views into redis {endpoint.where} db {endpoint.db} ({keys:,} keys): "
                f"{summary['rows']:,} rows, {summary['written']:,} keys written in {summary['seconds']:.1f}s{rate}")

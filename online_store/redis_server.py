@@ -26,8 +26,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from urllib.parse import urlparse
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, quote, unquote, urlparse
 
 import redis
 
@@ -40,54 +40,105 @@ class RedisUnavailable(RuntimeError):
     """No Redis answered and none could be started."""
 
 
+# TLS settings as Feast's connection string and redis-py name them; REDIS_URL query parameters too
+TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+class RedisAuthFailed(RedisUnavailable):
+    """The Redis answers but refuses these credentials (wrong password or ACL user): not transient."""
+
+
 @dataclass(frozen=True)
 class RedisEndpoint:
+    """Where the online store is and how to log in: host, port, db, ACL user and password, TLS.
+
+    Two spellings: `REDIS_URL` (`redis://[user:password@]host:port/db`, `rediss://` for TLS, with
+    `?ssl_ca_certs=...&ssl_certfile=...&ssl_keyfile=...`) and Feast's connection string in
+    SKEWLESS_REDIS (`host:port,db=0,username=...,password=...,ssl=true,ssl_ca_certs=...`), which
+    Feast hands to redis-py as keyword arguments. `repr` and every message show host and port
+    only: a password is never printed.
+    """
+
     host: str
     port: int
     db: int = 0
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     throwaway: bool = False  # started by this process (nobody named a Redis): empty, and gone when it exits
+    username: str | None = None
+    tls: bool = False
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
 
     @classmethod
     def from_url(cls, url: str) -> "RedisEndpoint":
         parsed = urlparse(url)
-        if parsed.scheme not in ("redis", ""):
-            raise RedisUnavailable(f"REDIS_URL must look like redis://host:port/db, got {url!r}")
-        db = int(parsed.path.lstrip("/") or 0)
-        return cls(parsed.hostname or "127.0.0.1", parsed.port or 6379, db, parsed.password)
+        if parsed.scheme not in ("redis", "rediss", ""):
+            raise RedisUnavailable("REDIS_URL must look like redis://[user:password@]host:port/db or rediss://... for TLS "
+                                   f"(got scheme {parsed.scheme!r})")
+        try:
+            db = int(parsed.path.lstrip("/") or 0)
+            port = parsed.port or 6379
+        except ValueError:
+            raise RedisUnavailable("REDIS_URL: the port and the db must be numbers, as in redis://host:6379/0") from None
+        query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        unknown = sorted(set(query) - set(TLS_FILES))
+        if unknown:
+            raise RedisUnavailable(f"REDIS_URL: unknown parameter(s) {', '.join(unknown)} (known: {', '.join(TLS_FILES)})")
+        return cls(parsed.hostname or "127.0.0.1", port, db, unquote(parsed.password) if parsed.password else None,
+                   username=unquote(parsed.username) if parsed.username else None, tls=parsed.scheme == "rediss",
+                   **{k: query.get(k) for k in TLS_FILES})
 
     @classmethod
     def from_feast(cls, conn: str) -> "RedisEndpoint":
-        """Parse Feast's `host:port,db=0,password=...` connection string."""
+        """Parse Feast's `host:port,db=0,username=...,password=...,ssl=true,...` connection string."""
         head, *params = conn.split(",")
         host, _, port = head.partition(":")
         kv = dict(p.split("=", 1) for p in params if "=" in p)
-        return cls(host or "127.0.0.1", int(port or 6379), int(kv.get("db", 0)), kv.get("password"))
+        return cls(host or "127.0.0.1", int(port or 6379), int(kv.get("db", 0)), kv.get("password"), username=kv.get("username"),
+                   tls=kv.get("ssl", "false").lower() == "true", **{k: kv.get(k) for k in TLS_FILES})
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}{self.host}:{self.port}/{self.db}"
+        user = quote(self.username or "", safe="")
+        auth = f"{user}:{quote(self.password, safe='')}@" if self.password else (f"{user}@" if user else "")
+        files = "&".join(f"{k}={quote(v)}" for k in TLS_FILES if (v := getattr(self, k)))
+        return f"{'rediss' if self.tls else 'redis'}://{auth}{self.host}:{self.port}/{self.db}" + (f"?{files}" if files else "")
 
     @property
     def feast(self) -> str:
-        """Feast's connection-string form of this endpoint."""
-        extra = f",password={self.password}" if self.password else ""
-        return f"{self.host}:{self.port},db={self.db}{extra}"
+        """Feast's connection-string form of this endpoint (a `,` in a password cannot be said in it)."""
+        if self.password and "," in self.password:
+            raise RedisUnavailable("the Redis password contains ',', which Feast's connection string cannot carry: change the password")
+        extra = [f"{k}={v}" for k, v in (("username", self.username), ("password", self.password)) if v]
+        if self.tls:
+            extra.append("ssl=true")
+            extra += [f"{k}={getattr(self, k)}" for k in TLS_FILES if getattr(self, k)]
+        return ",".join([f"{self.host}:{self.port}", f"db={self.db}", *extra])
+
+    @property
+    def where(self) -> str:
+        """host:port for messages, with `tls` when it is; never a credential."""
+        return f"{self.host}:{self.port}" + (" (tls)" if self.tls else "")
 
     def client(self, timeout: float = 1.0) -> redis.Redis:
-        return redis.Redis(
-            host=self.host,
-            port=self.port,
-            db=self.db,
-            password=self.password,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-        )
+        tls = {"ssl": True, **{k: getattr(self, k) for k in TLS_FILES if getattr(self, k)}} if self.tls else {}
+        return redis.Redis(host=self.host, port=self.port, db=self.db, username=self.username, password=self.password,
+                           socket_timeout=timeout, socket_connect_timeout=timeout, **tls)
 
     def ping(self) -> bool:
         try:
             return bool(self.client(timeout=0.5).ping())
+        except RedisAuthFailed:
+            raise
+        except redis.AuthenticationError:
+            raise RedisAuthFailed(f"redis {self.where} refused the credentials (named by {configured_by()}): "
+                                  "check the user and password") from None
+        except redis.ResponseError as exc:
+            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc) or "NOPERM" in str(exc):
+                raise RedisAuthFailed(f"redis {self.where} needs other credentials (named by {configured_by()}): "
+                                      f"{str(exc).split('.')[0]}") from None
+            return False
         except (redis.RedisError, OSError):
             return False
 
@@ -204,7 +255,7 @@ def redis_for_feast(must_answer: bool = True) -> Iterator[RedisEndpoint]:
             endpoint = stack.enter_context(throwaway_redis())
         elif must_answer and not endpoint.ping():
             raise RedisUnavailable(
-                f"redis {endpoint.host}:{endpoint.port} (named by {configured_by()}) does not answer: "
+                f"redis {endpoint.where} (named by {configured_by()}) does not answer: "
                 f"start it, fix {configured_by()}, or unset it to use a throwaway redis-server"
             )
         previous = os.environ.get(REDIS_ENV)

@@ -16,8 +16,11 @@ loop free while Redis is slow, is covered by the bounded socket timeout and the 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,10 +31,13 @@ from fastapi import Path as FastAPIPath
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.responses import Response
 
+from serving.auth import ApiKeys
 from serving.breaker import StoreUnavailable
+from serving.rollout import Rollout
 from serving.metrics import ERRORS, REQUESTS, render
 from serving.schemas import (
     INT64_MAX,
@@ -39,6 +45,7 @@ from serving.schemas import (
     BatchResponse,
     ErrorResponse,
     Health,
+    InvalidRequest,
     Prediction,
     PredictRequest,
     Readiness,
@@ -58,9 +65,19 @@ log = logging.getLogger("skewless.online")
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     service = start(app.state.settings)
     app.state.service = service
+    rollout = Rollout(service, app.state.settings.model_poll_s).start()
+    app.state.rollout = rollout
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, rollout.poke)  # `kill -HUP <worker>`: load the bundle again now
+    except (NotImplementedError, RuntimeError, ValueError):
+        pass  # not the main thread (a test client) or no SIGHUP on this platform: the watch still runs
     try:
         yield
     finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGHUP)
+        rollout.stop()
         service.close()
 
 
@@ -72,10 +89,31 @@ async def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 IncludeFeatures = Annotated[bool, Query(description="Also return the feature values passed to the model.")]
 
+bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",
+                    description="An API key as a bearer token (SKEWLESS_API_KEYS or SKEWLESS_API_KEYS_FILE); not needed when none is configured.")
+UNAUTHORIZED = 'Bearer realm="skewless"'
+
+
+async def require_key(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    """401 unless the request carries one of the configured keys (no keys configured: open)."""
+    keys: ApiKeys = request.app.state.api_keys
+    if keys.configured and not keys.allows(None if credentials is None else credentials.credentials):
+        ERRORS.labels(kind="unauthorized").inc()
+        raise HTTPException(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": UNAUTHORIZED})
+
+
+KEY = [Depends(require_key)]
 ERROR_RESPONSES = {
-    422: {"description": "Invalid body: wrong types, missing or unknown fields, IDs outside 0..2^63-1, too many IDs, malformed JSON."},
+    400: {"model": ErrorResponse, "description": "The body could not be read (not UTF-8, or a broken transfer)."},
+    401: {"model": ErrorResponse, "description": "Missing or wrong API key (`WWW-Authenticate: Bearer`)."},
+    413: {"model": ErrorResponse, "description": "Body larger than the limit (SKEWLESS_MAX_BODY_BYTES), however it is framed."},
+    422: {"model": InvalidRequest, "description": "Invalid body: wrong types, missing or unknown fields, IDs outside 0..2^63-1, "
+                                                   "too many IDs, malformed JSON. Echoed inputs are capped."},
     503: {"model": ErrorResponse, "description": "The online store (Redis) is not answering; retry later."},
 }
+MAX_ECHO_ITEMS = 10  # list items or dict keys a 422 repeats of the input
+MAX_ECHO_CHARS = 200
+MAX_ERRORS = 20
 
 
 class RequestMetrics:
@@ -103,11 +141,17 @@ class RequestMetrics:
             await send(message)
 
         try:
-            for name, value in scope["headers"]:
-                if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
-                    ERRORS.labels(kind="too_large").inc()
-                    response = JSONResponse({"detail": f"request body over {self.max_body_bytes:,} bytes"}, status_code=413)
-                    return await response(scope, receive, send_status)
+            length = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+            too_large = length is not None and length.isdigit() and int(length) > self.max_body_bytes
+            if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+                # no Content-Length (chunked): count the bytes as they arrive, before anything parses them
+                body, too_large = await self._read_capped(receive)
+                receive = _replay(body, receive)
+            if too_large:
+                ERRORS.labels(kind="too_large").inc()
+                response = JSONResponse({"detail": f"request body over {self.max_body_bytes:,} bytes"}, status_code=413,
+                                        headers={"Connection": "close"})
+                return await response(scope, receive, send_status)
             await self.app(scope, receive, send_status)
         finally:
             key = (getattr(scope.get("route"), "path", "unmatched"), scope["method"], status)
@@ -115,6 +159,51 @@ class RequestMetrics:
             if histogram is None:
                 histogram = self.histograms[key] = REQUESTS.labels(route=key[0], method=key[1], status=str(status))
             histogram.observe(time.perf_counter() - t)
+
+
+    async def _read_capped(self, receive) -> tuple[bytes, bool]:
+        """The whole body, or (what was read, True) as soon as it passes the limit."""
+        parts, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(parts), False  # a disconnect: the route sees an empty body
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return b"", True
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts), False
+
+
+def _replay(body: bytes, receive):
+    """An ASGI `receive` that hands over the already-read body once, then the real channel."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _capped(value, depth: int = 0):
+    """What a 422 repeats of the input: at most MAX_ECHO_ITEMS items a list or dict and
+    MAX_ECHO_CHARS a string, so 1,001 IDs in is not 1,001 IDs out."""
+    if isinstance(value, str):
+        return value if len(value) <= MAX_ECHO_CHARS else value[:MAX_ECHO_CHARS] + f"... ({len(value):,} characters)"
+    if isinstance(value, list | tuple):
+        head = [_capped(v, depth + 1) for v in value[:MAX_ECHO_ITEMS]]
+        return head + ([f"... ({len(value):,} items)"] if len(value) > MAX_ECHO_ITEMS else [])
+    if isinstance(value, dict):
+        items = list(value.items())
+        head = {str(k)[:MAX_ECHO_CHARS]: _capped(v, depth + 1) for k, v in items[:MAX_ECHO_ITEMS]}
+        return head | ({"...": f"{len(items):,} keys"} if len(items) > MAX_ECHO_ITEMS else {})
+    return value
 
 
 class PydanticJSON(Response):
@@ -153,6 +242,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.api_keys = ApiKeys(settings.api_keys, settings.api_keys_file)
     app.add_middleware(RequestMetrics, max_body_bytes=settings.max_body_bytes)
 
     @app.exception_handler(StoreUnavailable)
@@ -167,7 +257,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         """FastAPI's 422 (`detail`: the list of errors) plus `message`: one line a person can act on."""
         ERRORS.labels(kind="invalid_request").inc()
-        errors = _json_safe(jsonable_encoder(exc.errors()))
+        all_errors = exc.errors()
+        errors = [_capped(e) for e in _json_safe(jsonable_encoder(all_errors[:MAX_ERRORS]))]
+        if len(all_errors) > MAX_ERRORS:
+            errors.append({"type": "too_many_errors", "loc": [], "msg": f"{len(all_errors) - MAX_ERRORS:,} more errors not shown"})
         content_type = request.headers.get("content-type", "")
         if request.method == "POST" and "json" not in content_type:
             message = f"send the body as JSON with 'Content-Type: application/json' (got {content_type or 'no content type'!r})"
@@ -182,7 +275,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the service log"}, status_code=500)
 
     @app.post(
-        "/predict", response_model=Prediction, response_model_exclude_none=True, tags=["predict"],
+        "/predict", response_model=Prediction, response_model_exclude_none=True, tags=["predict"], dependencies=KEY,
         responses={404: {"model": ErrorResponse, "description": "No features for this customer in the online store."}, **ERROR_RESPONSES},
     )
     async def predict(body: PredictRequest, service: ServiceDep, include_features: IncludeFeatures = False) -> Response:
@@ -194,13 +287,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                      "(never materialized, or every row is past its view's TTL)")
         return PydanticJSON(prediction)
 
-    @app.post("/predict/batch", response_model=BatchResponse, response_model_exclude_none=True, tags=["predict"], responses=ERROR_RESPONSES)
+    @app.post("/predict/batch", response_model=BatchResponse, response_model_exclude_none=True, tags=["predict"], dependencies=KEY,
+              responses=ERROR_RESPONSES)
     async def predict_batch(body: BatchRequest, service: ServiceDep, include_features: IncludeFeatures = False) -> Response:
         """Predictions for up to 1,000 customers in request order; an ID without features gets status not_found."""
         return PydanticJSON(BatchResponse.model_construct(predictions=service.predict(body.customer_ids, include_features)))
 
     @app.get(
-        "/scores/{customer_id}", response_model=StoredScore, response_model_exclude_none=True, tags=["scores"],
+        "/scores/{customer_id}", response_model=StoredScore, response_model_exclude_none=True, tags=["scores"], dependencies=KEY,
         responses={404: {"model": ScoreNotCurrent, "description": "No stored score, or one past its freshness budget (`stale`)."}, **ERROR_RESPONSES},
     )
     async def stored_score(customer_id: Annotated[int, FastAPIPath(ge=0, le=INT64_MAX, description="The customer's ID (int64).")],
@@ -215,7 +309,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                  "as_of": s.as_of, "max_age_seconds": s.max_age_seconds}, status_code=404)
         return PydanticJSON(s)
 
-    @app.post("/scores/batch", response_model=ScoresResponse, response_model_exclude_none=True, tags=["scores"], responses=ERROR_RESPONSES)
+    @app.post("/scores/batch", response_model=ScoresResponse, response_model_exclude_none=True, tags=["scores"], dependencies=KEY,
+              responses=ERROR_RESPONSES)
     async def stored_scores(body: ScoresRequest, service: ServiceDep) -> Response:
         """Stored scores of up to 1,000 customers in request order; `not_found` and `stale` slots carry no values."""
         return PydanticJSON(ScoresResponse.model_construct(scores=service.stored_scores(body.customer_ids)))
@@ -238,11 +333,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reason, run = service.ready(route)
         scores = None if run is None else run.model_dump()
         model = f"{service.bundle.name}/{service.bundle.version}"
+        rollout = service.rollout_problem
         if reason:
-            return JSONResponse({"ready": False, "model": model, "reason": reason, **({"scores": scores} if scores else {})}, status_code=503)
-        return Readiness(ready=True, model=model, scores=run)
+            return JSONResponse({"ready": False, "model": model, "reason": reason, **({"scores": scores} if scores else {}),
+                                 **({"rollout": rollout} if rollout else {})}, status_code=503)
+        return Readiness(ready=True, model=model, scores=run, rollout=rollout)
 
-    @app.get("/metrics", tags=["operations"], response_class=Response)
+    @app.get("/metrics", tags=["operations"], response_class=Response, dependencies=KEY if settings.metrics_need_key else [],
+             responses={401: ERROR_RESPONSES[401]} if settings.metrics_need_key else {})
     async def metrics(request: Request) -> Response:
         """Prometheus metrics (all workers' when served with --workers > 1)."""
         service: Service | None = getattr(request.app.state, "service", None)

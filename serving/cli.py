@@ -19,12 +19,33 @@ import click
 @click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Model bundles (default: models/).")
 @click.option("--model", "model_version", default=None, help="Bundle version to serve (default: latest).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="warning", show_default=True)
-def serve(host: str, port: int, workers: int, repo: Path | None, model_dir: Path | None, model_version: str | None, log_level: str) -> None:
-    """Serve POST /predict and /predict/batch, GET /health, /ready, /metrics and /docs.
+@click.option("--allow-open", is_flag=True, help="Serve a non-loopback address with no API key (SKEWLESS_ALLOW_OPEN=1 too).")
+def serve(host: str, port: int, workers: int, repo: Path | None, model_dir: Path | None, model_version: str | None, log_level: str,
+          allow_open: bool) -> None:
+    """Serve POST /predict and /predict/batch, /scores, GET /health, /ready, /metrics and /docs.
 
     Uses the Redis named by REDIS_URL or SKEWLESS_REDIS; with none named, starts a private one
-    and loads it first. Other settings come from SKEWLESS_* environment variables (serving/settings.py).
+    and loads it first. API keys come from SKEWLESS_API_KEYS or SKEWLESS_API_KEYS_FILE; other
+    settings from SKEWLESS_* environment variables (serving/settings.py).
     """
+    from pydantic import ValidationError
+
+    from serving.auth import ApiKeys, KeyFileError, is_loopback
+    from serving.settings import Settings
+
+    if allow_open:
+        os.environ["SKEWLESS_ALLOW_OPEN"] = "1"
+    try:
+        settings = Settings()
+        keys = ApiKeys(settings.api_keys, settings.api_keys_file)
+    except KeyFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise click.ClickException(f"setting SKEWLESS_{str(first['loc'][0]).upper()}: {first['msg']}") from None
+    if not keys.configured and not is_loopback(host) and not settings.allow_open:
+        raise click.ClickException(f"refusing to serve {host} with no API key: set SKEWLESS_API_KEYS or SKEWLESS_API_KEYS_FILE "
+                                   "(`skewless api-key --file FILE` makes one), or pass --allow-open to run open")
     import uvicorn
 
     from online_store.redis_server import redis_for_feast
@@ -43,8 +64,9 @@ def serve(host: str, port: int, workers: int, repo: Path | None, model_dir: Path
             if endpoint.throwaway:
                 _load_throwaway(endpoint, repo)
             state = "" if endpoint.ping() else " (not answering yet: /ready is 503 until it does)"
-            click.echo(f"online store: redis {endpoint.host}:{endpoint.port} db {endpoint.db}{state}", err=True)
-            click.echo(f"serving on http://{host}:{port} ({workers} worker{'s' if workers > 1 else ''}); docs at /docs", err=True)
+            click.echo(f"online store: redis {endpoint.where} db {endpoint.db}{state}", err=True)
+            access = "API key required for /predict and /scores" if keys.configured else "open: no API key configured"
+            click.echo(f"serving on http://{host}:{port} ({workers} worker{'s' if workers > 1 else ''}; {access}); docs at /docs", err=True)
             uvicorn.run(
                 "serving.app:create_app", factory=True, host=host, port=port, workers=workers,
                 loop="uvloop", http="httptools", log_level=log_level, access_log=False,  # /metrics has per-route counts
@@ -66,7 +88,31 @@ def _load_throwaway(endpoint, repo: Path | None) -> None:
     from training.paths import REPO_DIR
     from training.store import open_store
 
-    click.echo(f"no Redis named (REDIS_URL or SKEWLESS_REDIS): started a private redis-server on {endpoint.host}:{endpoint.port}, "
+    click.echo(f"no Redis named (REDIS_URL or SKEWLESS_REDIS): started a private redis-server on {endpoint.where}, "
                "loading it up to now; it is gone when the service stops", err=True)
     summary = materialize(open_store(repo or REPO_DIR), datetime.now(timezone.utc))
     click.echo(f"loaded {summary['rows']:,} rows of {len(summary['views'])} views in {summary['seconds']:.1f}s", err=True)
+
+
+@click.command("api-key")
+@click.option("--file", "key_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The key file (SKEWLESS_API_KEYS_FILE): its digest is added; the service picks it up within a second.")
+@click.option("--note", default=None, help="A comment stored beside the digest (who the key is for).")
+def api_key(key_file: Path, note: str | None) -> None:
+    """Make a new API key: its SHA-256 digest goes into the file, the key is printed once.
+
+    Rotate: add a new key, move callers to it, then delete the old key's line from the file.
+    """
+    from datetime import datetime, timezone
+
+    from serving.auth import KeyFileError, add_to_file, new_key, read_key_file
+
+    if key_file.exists():
+        try:
+            read_key_file(key_file)
+        except KeyFileError as exc:
+            raise click.ClickException(str(exc)) from None
+    key = new_key()
+    add_to_file(key_file, key, note or f"added {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}")
+    click.echo(key)
+    click.echo(f"its digest is in {key_file}; the key itself is stored nowhere: keep it now", err=True)

@@ -58,7 +58,8 @@ SCORE_RUN_AGE = Gauge(
     "skewless_score_run_age_seconds", "Per model: now - the as-of of the newest full batch run this Redis serves; -1 when none.",
     ["model"], multiprocess_mode="mostrecent",
 )
-MODEL_LOADS = Counter("skewless_model_loads_total", "Model bundles loaded (once per worker start).")
+MODEL_LOADS = Counter("skewless_model_loads_total", "Model bundles loaded: at start, and each rollout swapped in.")
+MODEL_REFUSED = Counter("skewless_model_rollouts_refused_total", "New bundles refused at rollout (verification failed); the old one kept serving.")
 MODEL_INFO = Gauge(
     "skewless_model_info", "The bundle being served (value 1).", ["model_name", "model_version", "feature_service"],
     multiprocess_mode="max",

@@ -7,7 +7,7 @@ string, float or bool, and unknown fields are refused, so a typo such as `custom
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
@@ -93,6 +93,13 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
+class InvalidRequest(BaseModel):
+    """422: FastAPI's list of errors (inputs echoed at most 10 items and 200 characters) and one line for a person."""
+
+    detail: list[dict[str, Any]]
+    message: str
+
+
 class Health(BaseModel):
     status: Literal["alive"] = "alive"
 
@@ -110,3 +117,4 @@ class Readiness(BaseModel):
     model: str | None = None
     reason: str | None = None
     scores: ServedRunInfo | None = Field(None, description="The newest full batch run this Redis serves for the model, and its age.")
+    rollout: str | None = Field(None, description="A newer bundle that was refused at rollout (the model named here keeps serving).")

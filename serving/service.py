@@ -80,26 +80,44 @@ class Watched:
 
 
 @dataclass
-class Service:
-    settings: Settings
-    store: object  # feast.FeatureStore
+class Model:
+    """Everything that depends on the bundle, swapped as one object at a rollout (serving/rollout.py):
+    a request reads `service.model` once, so it is scored wholly by one version."""
+
     bundle: Bundle
     lookup: FeatureLookup
-    breaker: Breaker
     feature_log: FeatureLogger | None
     metrics: ServiceMetrics
     watched: Watched
     scores: ScoreStore | None  # None when the repo has no scores view
+
+
+@dataclass
+class Service:
+    settings: Settings
+    store: object  # feast.FeatureStore
+    model: Model
+    breaker: Breaker
+    rollout_problem: str | None = None  # the last bundle refused at a rollout, while the old one serves
+
+    # the current model's parts, for readers that do not care about a swap in between
+    bundle = property(lambda self: self.model.bundle)
+    lookup = property(lambda self: self.model.lookup)
+    feature_log = property(lambda self: self.model.feature_log)
+    metrics = property(lambda self: self.model.metrics)
+    watched = property(lambda self: self.model.watched)
+    scores = property(lambda self: self.model.scores)
 
     def predict(self, customer_ids: list[int], include_features: bool = False) -> list[Prediction]:
         """Predictions for `customer_ids` at this instant, in request order (not_found slots included).
 
         Raises StoreUnavailable (-> 503) when Redis cannot be read.
         """
+        m = self.model  # one version for the whole request, whatever a rollout does meanwhile
         now = datetime.now(timezone.utc)
         self.breaker.check()
         try:
-            got = self.lookup.lookup(customer_ids, now)
+            got = m.lookup.lookup(customer_ids, now)
         except STORE_ERRORS as exc:
             ERRORS.labels(kind="online_store").inc()
             raise self.breaker.failure(exc) from exc
@@ -110,17 +128,17 @@ class Service:
         found = got.found
         n, n_found = len(customer_ids), sum(found)
         if n_found < n:
-            self.metrics.not_found.inc(n - n_found)
+            m.metrics.not_found.inc(n - n_found)
         if n_found == 0:
             return [Prediction.model_construct(customer_id=c, status="not_found") for c in customer_ids]
-        self.metrics.ok.inc(n_found)
+        m.metrics.ok.inc(n_found)
         # score only the customers with features; the model never sees an all-missing row
         idx = [i for i in range(n) if found[i]]
         feats = got.values if n_found == n else {k: [v[i] for i in idx] for k, v in got.values.items()}
         ids = customer_ids if n_found == n else [customer_ids[i] for i in idx]
 
         t = time.perf_counter()
-        scores = score(self.bundle, feats)
+        scores = score(m.bundle, feats)
         MODEL.observe(time.perf_counter() - t)
 
         # staleness per request, not per customer: one observation per view, its oldest row used
@@ -128,15 +146,15 @@ class Service:
         for view, ts in got.view_ts.items():
             oldest = min((x for x in ts if x), default=0.0)
             if oldest:
-                self.metrics.feature_age[view].observe(now_s - oldest)
+                m.metrics.feature_age[view].observe(now_s - oldest)
 
         probability = scores.probability.tolist()
         prediction = scores.prediction.tolist()
-        if self.feature_log is not None:
-            self.feature_log.log(Served(now, ids, probability, prediction, scores.risk_segment, feats))
+        if m.feature_log is not None:
+            m.feature_log.log(Served(now, ids, probability, prediction, scores.risk_segment, feats))
 
         as_of = now.isoformat()
-        name, version = self.bundle.name, self.bundle.version
+        name, version = m.bundle.name, m.bundle.version
         scored = [
             Prediction.model_construct(
                 customer_id=cid, status="ok", churn_probability=p, churn_prediction=y, risk_segment=s,
@@ -157,17 +175,18 @@ class Service:
 
         Raises StoreUnavailable (-> 503) when Redis cannot be read, NoScoresView (-> 404) when the repo has none.
         """
-        if self.scores is None:
+        m = self.model
+        if m.scores is None:
             raise NoScoresView("the Feast repo has no scores view (tag kind: scores): there are no stored scores to serve")
         self.breaker.check()
         try:
-            out = self.scores.get(customer_ids, datetime.now(timezone.utc))
+            out = m.scores.get(customer_ids, datetime.now(timezone.utc))
         except STORE_ERRORS as exc:
             ERRORS.labels(kind="online_store").inc()
             raise self.breaker.failure(exc) from exc
         self.breaker.success()
         for s in out:
-            self.metrics.score_answers["current" if s.status == "ok" else s.status].inc()
+            m.metrics.score_answers["current" if s.status == "ok" else s.status].inc()
         return out
 
     def ready(self, route: str | None = None) -> tuple[str | None, ServedRunInfo | None]:
@@ -223,9 +242,15 @@ class Service:
             self.metrics.watermark_age[view].set(-1 if age is None else age)
         return result
 
+    def swap(self, new: Model) -> Model:
+        """Put a loaded and verified model in; the old one is returned (its log still to close)."""
+        old, self.model = self.model, new
+        self.rollout_problem = None
+        return old
+
     def close(self) -> None:
-        if self.feature_log is not None:
-            self.feature_log.close()
+        if self.model.feature_log is not None:
+            self.model.feature_log.close()
         gc.unfreeze()  # let the interpreter free the start-up objects at exit (nanobind warns otherwise)
 
 
@@ -238,27 +263,38 @@ def _json_value(v):
     return v
 
 
-def start(settings: Settings) -> Service:
-    """Open the store, load and verify the bundle, resolve the features, start the log."""
-    store, warning = connect_store(settings.repo_path, settings.redis, settings.redis_timeout_s, settings.redis_retries)
-    if warning:
-        log.warning(warning)
-    bundle = load_bundle(settings.model_version, settings.model_dir, store=store)
-    MODEL_LOADS.inc()
-    MODEL_INFO.labels(model_name=bundle.name, model_version=bundle.version, feature_service=bundle.feature_service).set(1)
+def load_model(settings: Settings, store, version: str) -> Model:
+    """Load and verify a bundle (sha256, contract against the registry) and build what serves it.
+
+    Raises BundleError (one line) for a bundle that fails verification; nothing is started then.
+    """
+    bundle = load_bundle(version, settings.model_dir, store=store)
     lookup = FeatureLookup(store, bundle.feature_service)
-    config = store.config.online_store
-    where = config.connection_string.split(",")[0]
-    breaker = Breaker(settings.redis_cooldown_s, f"online store (Redis {where})")
+    watched = Watched.for_lookup(store, lookup, settings.feature_max_lag)
+    scores = ScoreStore.open(store, (bundle.name, bundle.version), settings.score_max_age)
+    metrics = ServiceMetrics(list(lookup.view_features))
+    score(bundle, {f.name: [None] for f in bundle.features})  # first-call costs before the first request
     feature_log = None
     if settings.feature_log:
         feature_log = FeatureLogger(
             settings.feature_log_dir, bundle, settings.feature_log_max_rows, settings.feature_log_flush_s,
             settings.feature_log_rotate_rows, settings.feature_log_rotate_s,
         )
-    watched = Watched.for_lookup(store, lookup, settings.feature_max_lag)
-    scores = ScoreStore.open(store, (bundle.name, bundle.version), settings.score_max_age)
-    service = Service(settings, store, bundle, lookup, breaker, feature_log, ServiceMetrics(list(lookup.view_features)), watched, scores)
+    MODEL_LOADS.inc()
+    MODEL_INFO.labels(model_name=bundle.name, model_version=bundle.version, feature_service=bundle.feature_service).set(1)
+    return Model(bundle, lookup, feature_log, metrics, watched, scores)
+
+
+def start(settings: Settings) -> Service:
+    """Open the store, load and verify the bundle, resolve the features, start the log."""
+    store, warning = connect_store(settings.repo_path, settings.redis, settings.redis_timeout_s, settings.redis_retries)
+    if warning:
+        log.warning(warning)
+    model = load_model(settings, store, settings.model_version)
+    config = store.config.online_store
+    where = config.connection_string.split(",")[0]
+    breaker = Breaker(settings.redis_cooldown_s, f"online store (Redis {where})")
+    service = Service(settings, store, model, breaker)
     _warm_up(service)
     # Everything loaded so far (Feast, the registry, pandas, the model: ~270k objects) lives as
     # long as the worker. Moved out of the collector's reach, a full collection under load takes

@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     score_max_age: str | None = Field(
         None, description="Freshness budget of stored scores: `8d` for every model, or `churn=8d,other=2h`; default the scores view's "
         "`cadence` tag plus a day. Older scores are answered as stale, and /ready is 503 while the newest full run is older.")
+    api_keys: str | None = Field(None, description="API keys for /predict* and /scores*, comma-separated (rotate: add the new, then drop the old).")
+    api_keys_file: Path | None = Field(None, description="A file of API key digests, `sha256:<hex>` a line (`skewless api-key --file F`); re-read on change.")
+    metrics_need_key: bool = Field(False, description="Also require an API key for /metrics (Prometheus then sends it as a bearer token).")
+    allow_open: bool = Field(False, description="Serve on a non-loopback address with no API key configured (anyone who reaches the port may call).")
+    model_poll_s: float = Field(2.0, gt=0, description="How often the `latest` link is checked for a new bundle (rolled out without a restart).")
     max_body_bytes: int = Field(256 * 1024, gt=0, description="Larger request bodies get 413 (1,000 IDs take ~20 KB).")
     feature_log: bool = Field(True, description="Log what was served (Parquet under feature_log_dir).")
     feature_log_dir: Path = Field(FEATURE_LOG_DIR, description="Feature-log root (date=YYYY-MM-DD/part-*.parquet).")

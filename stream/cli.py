@@ -72,7 +72,7 @@ def run(repo, model_dir, version, consumer, count, block_ms, flush_s, metrics_po
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        click.echo(f"consuming {source.stream} as {source.group}/{consumer} in redis {endpoint.host}:{endpoint.port}, scoring with "
+        click.echo(f"consuming {source.stream} as {source.group}/{consumer} in redis {endpoint.where}, scoring with "
                    f"{bundle.name}/{bundle.version} ({bundle.feature_service}); scores on {loop.output_stream}"
                    + (f"; metrics on http://127.0.0.1:{metrics_port}/metrics" if metrics_port else ""), err=True)
         totals = {"read": 0, "applied": 0, "unchanged": 0, "dead": 0, "scored": 0}

@@ -28,6 +28,7 @@ class Group(click.Group):
         "score": "batch.cli:score",
         "materialize": "online_store.materialize:materialize_command",
         "serve": "serving.cli:serve",
+        "api-key": "serving.cli:api_key",
         "skew-report": "monitoring.cli:skew_report_command",
         "stream": "stream.cli:stream",
         "demo-online": "demo.online:demo_online",
