@@ -1,6 +1,6 @@
 """Benchmark the online path: skewless /predict, /predict/batch and /scores beside stock `feast serve`.
 
-    uv run python bench/online.py [--customers 50000] [--seconds 10] [--repeat 3] [--workers 2] [--no-feast]
+    uv run python bench/online.py [--customers 50000] [--seconds 10] [--repeat 3] [--workers 2] [--no-feast] [--only TEXT]
 
 1. Prepares bench/results/online-<n>/: a copy of feature_repo, data generated to end today,
    applied with the stock `feast apply`, a model trained on it, and a batch run scored with it
@@ -227,9 +227,51 @@ def load_main(spec: dict) -> dict:
     }
 
 
-def http_post(path: str, body: dict) -> str:
+def http_post(path: str, body: dict, key: str | None = None) -> str:
     data = json.dumps(body)
-    return f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n{data}"
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    return f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n{data}"
+
+
+BENCH_KEY = "sk_bench-key-not-a-secret"
+
+
+def rollout_during(models: Path, seconds: float) -> threading.Thread:
+    """While a scenario runs: `latest` moves to a copy of the bundle at 1/3, to a broken copy at
+    2/3 (its model file changed after training), and back at the end; the service must swap the
+    first in and refuse the second without an error or a slow request."""
+    root = models / "churn"
+    original = (root / "latest").resolve().name
+
+    def point(version: str) -> None:
+        tmp = root / ".latest.tmp"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(version)
+        os.replace(tmp, root / "latest")
+
+    def copy(version: str, broken: bool) -> None:
+        shutil.rmtree(root / version, ignore_errors=True)
+        shutil.copytree(root / original, root / version)
+        manifest = json.loads((root / version / "manifest.json").read_text())
+        (root / version / "manifest.json").write_text(json.dumps(manifest | {"version": version}))
+        if broken:
+            with open(root / version / "model.ubj", "ab") as f:
+                f.write(b"tampered")
+
+    def run() -> None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        copy(f"{stamp}-rollout", False)
+        copy(f"{stamp}-broken", True)
+        time.sleep(seconds / 3)
+        point(f"{stamp}-rollout")
+        time.sleep(seconds / 3)
+        point(f"{stamp}-broken")
+        time.sleep(seconds / 3 + 1)
+        point(original)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
 
 
 def http_get(path: str) -> str:
@@ -387,6 +429,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10, help="Length of each measured scenario.")
     ap.add_argument("--workers", type=int, default=2, help="Worker processes of each server.")
     ap.add_argument("--no-feast", action="store_true", help="Skip the feast serve scenarios.")
+    ap.add_argument("--only", default=None, help="Run only the scenarios whose name contains this text (e.g. scores).")
     ap.add_argument("--repeat", type=int, default=3, help="Rounds over all scenarios; the table shows the median round and each round's p50/p99.")
     args = ap.parse_args()
 
@@ -426,8 +469,15 @@ def main() -> None:
             wait_ready(f"http://127.0.0.1:{app_port}/ready", app, app_log)
             if feast:
                 wait_ready(f"http://127.0.0.1:{feast_port}/health", feast, feast_log)
+            # the same service with an API key required: the cost of authentication, same run
+            keyed_port, keyed_log = free_port(), repo.parent / "service_keyed.log"
+            keyed = start([sys.executable, "-m", "training", "serve", "--port", str(keyed_port), "--workers", str(args.workers),
+                           "--repo", str(repo), "--model-dir", str(models)], env | {"SKEWLESS_API_KEYS": BENCH_KEY}, ROOT, keyed_log)
+            procs.append(keyed)
+            wait_ready(f"http://127.0.0.1:{keyed_port}/ready", keyed, keyed_log)
 
             single = [http_post("/predict", {"customer_id": c}) for c in sample]
+            single_key = [http_post("/predict", {"customer_id": c}, BENCH_KEY) for c in sample]
             batch = [http_post("/predict/batch", {"customer_ids": sample[i:i + 100]}) for i in range(0, len(sample), 100)]
             # feast serve's JSON API hands `as_of` to the python on-demand view as an int (which
             # the view cannot use), so it is asked for churn_v1's view features: the same Redis
@@ -439,9 +489,13 @@ def main() -> None:
             health = [http_get("/health")]
             from serving.scores import COLUMNS
 
-            stored = [http_get(f"/scores/{c}") for c in sample]
+            import duckdb
+
+            with duckdb.connect(str(repo.parent / "predictions.duckdb"), read_only=True) as con:  # the customers with a stored score
+                scored = [int(c) for (c,) in con.execute("SELECT customer_id FROM churn_predictions USING SAMPLE 2000 ROWS (reservoir, 1)").fetchall()]
+            stored = [http_get(f"/scores/{c}") for c in scored]
             feast_scores = [http_post("/get-online-features", {"features": [f"churn_scores:{f}" for f in COLUMNS], "entities": {"customer_id": [c]}})
-                            for c in sample]
+                            for c in scored]
 
             run_load(app_port, single, 100, 3)  # warm up both servers
             if feast:
@@ -451,6 +505,10 @@ def main() -> None:
                 ("skewless POST /predict", app, app_port, single, 200, "/predict"),
                 ("skewless POST /predict", app, app_port, single, 1000, "/predict"),
                 ("skewless POST /predict", app, app_port, single, 1500, "/predict"),  # headroom
+                ("skewless POST /predict", app, app_port, single, 2000, "/predict"),
+                ("skewless POST /predict, API key", keyed, keyed_port, single_key, 200, "/predict"),
+                ("skewless POST /predict, API key", keyed, keyed_port, single_key, 1000, "/predict"),
+                ("skewless POST /predict, rollout meanwhile", app, app_port, single, 1000, "/predict"),
                 ("skewless POST /predict/batch (100 IDs)", app, app_port, batch, 20, "/predict/batch"),
                 ("skewless GET /scores/{id}", app, app_port, stored, 200, None),
                 ("skewless GET /scores/{id}", app, app_port, stored, 1000, None),
@@ -463,12 +521,17 @@ def main() -> None:
                     ("feast serve churn_scores (1 ID)", feast, feast_port, feast_scores, 200, None),
                     ("feast serve churn_scores (1 ID)", feast, feast_port, feast_scores, 1000, None),
                 ]
+            if args.only:
+                scenarios = [sc for sc in scenarios if args.only in sc[0]]
             for rep in range(args.repeat):  # rounds over every scenario: a noisy minute spreads over all of them
                 for name, proc, port, payloads, rate, route in scenarios:
                     before = scrape(port) if route else {}
                     load = os.getloadavg()[0]  # other jobs on the machine show here
                     cpu0 = cpu_seconds(proc)
+                    mover = rollout_during(models, args.seconds) if "rollout" in name else None
                     r = run_load(port, payloads, rate, args.seconds)
+                    if mover is not None:
+                        mover.join()
                     r["server_cpu_ms_per_req"] = (cpu_seconds(proc) - cpu0) / max(r["answered"], 1) * 1000
                     if route:
                         splits.setdefault(f"{name} @ {rate}/s", []).append(stage_split(before, scrape(port), route))
@@ -482,12 +545,12 @@ def main() -> None:
     print(f"\n{args.customers:,} customers, {args.workers} workers per server, {os.cpu_count()} cores shared with the "
           f"load generator, Redis and whatever else runs; {args.repeat} round(s) of {args.seconds:g} s per scenario: "
           "the median round, and each round's p50 / p99 (load = 1-minute load average before the round)")
-    print("\n| scenario | rate/s | achieved/s | p50 ms | p95 ms | p99 ms | errors | server CPU ms/req | load gen CPU ms/req | p50 of each round | p99 of each round |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| scenario | rate/s | achieved/s | p50 ms | p95 ms | p99 ms | max ms | errors | server CPU ms/req | load gen CPU ms/req | p50 of each round | p99 of each round |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (name, rate), rounds in _by_scenario(results).items():
-        m = {k: statistics.median(r[k] for r in rounds) for k in ("achieved_rps", "p50", "p95", "p99", "server_cpu_ms_per_req")}
+        m = {k: statistics.median(r[k] for r in rounds) for k in ("achieved_rps", "p50", "p95", "p99", "max", "server_cpu_ms_per_req")}
         gen = statistics.median(r["loadgen_cpu_s"] / max(r["answered"], 1) * 1000 for r in rounds)
-        print(f"| {name} | {rate} | {m['achieved_rps']:.0f} | {m['p50']:.2f} | {m['p95']:.2f} | {m['p99']:.2f} | "
+        print(f"| {name} | {rate} | {m['achieved_rps']:.0f} | {m['p50']:.2f} | {m['p95']:.2f} | {m['p99']:.2f} | {m['max']:.2f} | "
               f"{sum(r['errors'] for r in rounds)} | {m['server_cpu_ms_per_req']:.2f} | {gen:.2f} | "
               f"{_each(rounds, 'p50')} | {_each(rounds, 'p99')} |")
     for name, per_round in splits.items():

@@ -31,13 +31,14 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 KINDS = [("payment_failed", None), ("ticket_opened", None), ("plan_changed", "seats")]
 
 
@@ -79,8 +80,8 @@ def produce(client, ids: list[int], rate: float, seconds: float, first_id: int) 
             time.sleep(delay)
         cid = rng.choice(ids)
         kind, amount = KINDS[i % len(KINDS)]
-        now = datetime.now(timezone.utc)
-        at_us = time.time_ns() // 1000
+        at_us = time.time_ns() // 1000  # the event time too, to the microsecond, so loss can be checked exactly
+        now = EPOCH + timedelta(microseconds=at_us)
         fields = {"event_id": first_id + i, "customer_id": cid, "event_type": kind, "event_time": now.isoformat(), "sent_at_us": at_us}
         if amount:
             fields["amount"] = rng.randint(1, 40)
@@ -96,23 +97,36 @@ def pct(values: list[float], p: float) -> float:
 
 
 def measure(client, sent: dict[int, tuple[int, int, str]], since: bytes, wait_s: float) -> dict:
-    """Latencies from the scores published after `since`, once every event is scored or `wait_s` passes."""
+    """Latencies from the scores published after `since`, once every event is covered or `wait_s` passes.
+
+    The consumer re-scores a customer once a batch, naming the batch's last event of that
+    customer; a score covers every earlier event of the customer too, so each event's latency
+    is from its send to the first score published for its customer naming it or a later event.
+    """
     from stream.source import SCORES_STREAM
 
+    pending: dict[int, list[int]] = {}  # customer -> its event ids not covered yet, in order
+    for eid in sorted(sent):
+        pending.setdefault(sent[eid][0], []).append(eid)
     deadline = time.monotonic() + wait_s
-    feature, score, seen = [], [], set()
+    feature, score, covered = [], [], 0
     last = since
-    while time.monotonic() < deadline and len(seen) < len(sent):
+    while time.monotonic() < deadline and covered < len(sent):
         for _, entries in client.xread({SCORES_STREAM: last}, count=10_000, block=200) or []:
             for entry_id, f in entries:
                 last = entry_id
                 eid = int(f.get(b"event_id", b"0"))
-                if eid in sent and eid not in seen:
-                    seen.add(eid)
-                    _, at, _ = sent[eid]
-                    feature.append((int(f[b"features_written_at_us"]) - at) / 1000)
-                    score.append((int(entry_id.split(b"-")[0]) * 1000 - at) / 1000)
-    return {"scored_events": len(seen), "feature_ms": feature, "score_ms": score}
+                if eid not in sent:
+                    continue
+                waiting = pending.get(sent[eid][0], [])
+                published_us = int(entry_id.split(b"-")[0]) * 1000
+                written_us = int(f[b"features_written_at_us"])
+                while waiting and waiting[0] <= eid:
+                    at = sent[waiting.pop(0)][1]
+                    feature.append((written_us - at) / 1000)
+                    score.append((published_us - at) / 1000)
+                    covered += 1
+    return {"scored_events": covered, "feature_ms": feature, "score_ms": score}
 
 
 def lost(store, sent: dict[int, tuple[int, int, str]]) -> int:
