@@ -170,7 +170,8 @@ def test_interrupted_run_then_incremental_run_equals_one_clean_run(live, monkeyp
                 store.materialize_incremental(now)
         partial_keys, partial_marks = dump(interrupted)
         if where == "inside a view":
-            assert 0 < len(partial_keys) < 500 and partial_marks == {}  # some rows landed, no watermark moved
+            # some rows landed; the view cut short has no watermark (a view before it with no rows to write may)
+            assert 0 < len(partial_keys) < 500 and calls[-1] not in partial_marks and set(partial_marks) <= set(calls[:-1])
         else:
             assert len(partial_marks) == 1
         store.materialize_incremental(now)  # the scheduler's next run
