@@ -243,25 +243,25 @@ def rollout_during(models: Path, seconds: float) -> threading.Thread:
     root = models / "churn"
     original = (root / "latest").resolve().name
 
+    from training.bundle import point_latest
+
     def point(version: str) -> None:
-        tmp = root / ".latest.tmp"
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(version)
-        os.replace(tmp, root / "latest")
+        point_latest(root, version)
 
     def copy(version: str, broken: bool) -> None:
         shutil.rmtree(root / version, ignore_errors=True)
-        shutil.copytree(root / original, root / version)
+        shutil.copytree(root / original, root / version, ignore=shutil.ignore_patterns("training_set*"))
         manifest = json.loads((root / version / "manifest.json").read_text())
         (root / version / "manifest.json").write_text(json.dumps(manifest | {"version": version}))
         if broken:
             with open(root / version / "model.ubj", "ab") as f:
                 f.write(b"tampered")
 
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    copy(f"{stamp}-rollout", False)  # before the load starts: copying is this process's work, not the service's
+    copy(f"{stamp}-broken", True)
+
     def run() -> None:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        copy(f"{stamp}-rollout", False)
-        copy(f"{stamp}-broken", True)
         time.sleep(seconds / 3)
         point(f"{stamp}-rollout")
         time.sleep(seconds / 3)

@@ -29,7 +29,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path

@@ -82,7 +82,7 @@ class Rollout:
         if target is None or (target == current.version and not forced) or target == self.refused:
             return None
         try:
-            new = load_model(settings, self.service.store, target)
+            new = load_model(settings, self.service.store, target, current=self.service.model)
         except Exception as exc:  # BundleError, a half-copied directory, an unreadable file
             self.refused = target
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -5,14 +5,9 @@ every answer declared in the OpenAPI schema. Real Redis, the real app; one test 
 from __future__ import annotations
 
 import hmac
-import json
 import os
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from test_online import known, make_settings  # noqa: F401  (fixture)

@@ -4,7 +4,6 @@ between requests; a bundle that fails verification is refused and the old one ke
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 import time
@@ -14,13 +13,7 @@ from fastapi.testclient import TestClient
 from test_online import known, make_settings  # noqa: F401  (fixture)
 
 from serving.app import create_app
-
-
-def point_latest(root: Path, version: str) -> None:
-    tmp = root / ".latest.tmp"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(version)
-    os.replace(tmp, root / "latest")
+from training.bundle import point_latest
 
 
 def copy_bundle(root: Path, source: str, version: str) -> Path:

@@ -143,11 +143,17 @@ def save_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    point_latest(root, version)
+    return final
+
+
+def point_latest(root: Path, version: str) -> None:
+    """Make `root/latest` name `version`, atomically (a new link, then rename): a reader, such
+    as a service watching for a rollout, sees the old version or the new one, never neither."""
     link_tmp = root / f".{LATEST}.tmp"
     link_tmp.unlink(missing_ok=True)
     link_tmp.symlink_to(version)
     os.replace(link_tmp, root / LATEST)
-    return final
 
 
 def list_versions(model_dir: Path = DEFAULT_MODEL_DIR, name: str = MODEL_NAME) -> list[str]:
