@@ -135,7 +135,7 @@ class RayEngine:
                  clock: StageClock) -> Iterator[ScoredChunk]:
         ray = self.ray
         task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(score_range)
-        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        ids = np.asarray(ids, dtype=np.int64)  # unique already (run_batch), in the driver's order
         ranges = [ids[at:at + chunk_rows] for at in range(0, len(ids), chunk_rows)]
         limit = self.in_flight or 2 * self.cluster_cpus()  # bounded: results wait in the object store
         pending: dict = {}

@@ -191,17 +191,17 @@ def _replay(body: bytes, receive):
     return replay
 
 
-def _capped(value, depth: int = 0):
+def _capped(value):
     """What a 422 repeats of the input: at most MAX_ECHO_ITEMS items a list or dict and
     MAX_ECHO_CHARS a string, so 1,001 IDs in is not 1,001 IDs out."""
     if isinstance(value, str):
         return value if len(value) <= MAX_ECHO_CHARS else value[:MAX_ECHO_CHARS] + f"... ({len(value):,} characters)"
     if isinstance(value, list | tuple):
-        head = [_capped(v, depth + 1) for v in value[:MAX_ECHO_ITEMS]]
+        head = [_capped(v) for v in value[:MAX_ECHO_ITEMS]]
         return head + ([f"... ({len(value):,} items)"] if len(value) > MAX_ECHO_ITEMS else [])
     if isinstance(value, dict):
         items = list(value.items())
-        head = {str(k)[:MAX_ECHO_CHARS]: _capped(v, depth + 1) for k, v in items[:MAX_ECHO_ITEMS]}
+        head = {str(k)[:MAX_ECHO_CHARS]: _capped(v) for k, v in items[:MAX_ECHO_ITEMS]}
         return head | ({"...": f"{len(items):,} keys"} if len(items) > MAX_ECHO_ITEMS else {})
     return value
 

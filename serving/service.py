@@ -312,7 +312,7 @@ def start(settings: Settings) -> Service:
 
 
 def _warm_up(service: Service) -> None:
-    """One lookup and one score before the first request: connections, caches, first-call costs.
+    """One lookup before the first request: connections, caches (load_model already scored once).
 
     Redis may be down at start: the service starts anyway (/ready says why) and recovers later.
     """
@@ -320,4 +320,3 @@ def _warm_up(service: Service) -> None:
         service.lookup.lookup([0], datetime.now(timezone.utc))
     except STORE_ERRORS as exc:
         log.warning("online store not answering at start-up (%s); /ready is 503 until it does", exc)
-    score(service.bundle, {f.name: [None] for f in service.bundle.features})
