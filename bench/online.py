@@ -405,17 +405,27 @@ def _by_scenario(results: list[dict]) -> dict[tuple[str, float], list[dict]]:
 
 
 def stage_split(before: dict, after: dict, route: str) -> dict[str, float]:
-    """Mean ms per request of each stage the service measures, between two scrapes."""
-    def mean(metric: str, labels: str = "") -> float:
-        s = after.get(f"{metric}_sum{labels}", 0) - before.get(f"{metric}_sum{labels}", 0)
-        c = after.get(f"{metric}_count{labels}", 0) - before.get(f"{metric}_count{labels}", 0)
-        return s / c * 1000 if c else float("nan")
+    """Mean ms per request of each stage the service measures, between two scrapes.
 
+    A stage runs once per scoring call, and with dynamic batching one call serves several
+    requests: each stage's total time is divided by the requests answered, not by its calls.
+    """
+    def delta(name: str) -> float:
+        return after.get(name, 0) - before.get(name, 0)
+
+    requests = delta(f'skewless_request_seconds_count{{method="POST",route="{route}",status="200"}}')
+
+    def per_request(metric: str) -> float:
+        return delta(f"{metric}_sum") / requests * 1000 if requests else float("nan")
+
+    batches = delta("skewless_predict_batch_size_count")
     return {
-        "server (ASGI, in the service)": mean("skewless_request_seconds", f'{{method="POST",route="{route}",status="200"}}'),
-        "feature read (Feast + Redis + TTL)": mean("skewless_feature_lookup_seconds"),
-        "on-demand transform": mean("skewless_on_demand_seconds"),
-        "model (score)": mean("skewless_model_seconds"),
+        "server (ASGI, in the service)": delta(f'skewless_request_seconds_sum{{method="POST",route="{route}",status="200"}}') / requests * 1000
+        if requests else float("nan"),
+        "feature read (Feast + Redis + TTL)": per_request("skewless_feature_lookup_seconds"),
+        "on-demand transform": per_request("skewless_on_demand_seconds"),
+        "model (score)": per_request("skewless_model_seconds"),
+        "requests per scoring call (batch size)": delta("skewless_predict_batch_size_sum") / batches if route == "/predict" and batches else 1.0,
     }
 
 

@@ -34,6 +34,10 @@ FEATURE_LOOKUP = Histogram(
 ON_DEMAND = Histogram(
     "skewless_on_demand_seconds", "On-demand feature view transform (the registry's own), per request.", buckets=LATENCY_BUCKETS
 )
+BATCH_SIZE = Histogram(
+    "skewless_predict_batch_size", "Customers per scoring call of POST /predict: concurrent requests gathered into one (serving/batching.py).",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128),
+)
 MODEL = Histogram("skewless_model_seconds", "Scoring with the bundle (training/score.py), per request.", buckets=LATENCY_BUCKETS)
 FEATURE_AGE = Histogram(
     "skewless_feature_age_seconds", "Age of the oldest feature-view row a request used (request time - event time), by view.",

@@ -17,12 +17,14 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 import numpy as np
 import redis
 
+from serving.batching import PredictBatcher
 from serving.breaker import Breaker, StoreUnavailable
 from monitoring.feature_log import FeatureLogger, Served
 from serving.features import FeatureLookup, connect_store
@@ -98,6 +100,7 @@ class Service:
     store: object  # feast.FeatureStore
     model: Model
     breaker: Breaker
+    batcher: PredictBatcher = field(default_factory=lambda: PredictBatcher(max_ids=1))  # POST /predict's dynamic batching
     rollout_problem: str | None = None  # the last bundle refused at a rollout, while the old one serves
 
     # the current model's parts, for readers that do not care about a swap in between
@@ -108,10 +111,16 @@ class Service:
     watched = property(lambda self: self.model.watched)
     scores = property(lambda self: self.model.scores)
 
-    def predict(self, customer_ids: list[int], include_features: bool = False) -> list[Prediction]:
+    async def predict_one(self, customer_id: int, include_features: bool = False) -> Prediction:
+        """One customer's prediction, scored together with the other requests ready now (serving/batching.py)."""
+        return await self.batcher.predict(self, customer_id, include_features)
+
+    def predict(self, customer_ids: list[int], include_features: bool | Sequence[bool] = False) -> list[Prediction]:
         """Predictions for `customer_ids` at this instant, in request order (not_found slots included).
 
-        Raises StoreUnavailable (-> 503) when Redis cannot be read.
+        `include_features` is one flag for all, or one per ID (a dynamic batch gathers requests
+        that asked differently: serving/batching.py). Raises StoreUnavailable (-> 503) when Redis
+        cannot be read.
         """
         m = self.model  # one version for the whole request, whatever a rollout does meanwhile
         now = datetime.now(timezone.utc)
@@ -155,11 +164,15 @@ class Service:
 
         as_of = now.isoformat()
         name, version = m.bundle.name, m.bundle.version
+        if isinstance(include_features, bool):
+            wanted = [include_features] * n_found
+        else:
+            wanted = list(include_features) if n_found == n else [include_features[i] for i in idx]
         scored = [
             Prediction.model_construct(
                 customer_id=cid, status="ok", churn_probability=p, churn_prediction=y, risk_segment=s,
                 model_name=name, model_version=version, features_as_of=as_of,
-                features={k: _json_value(v[j]) for k, v in feats.items()} if include_features else None,
+                features={k: _json_value(v[j]) for k, v in feats.items()} if wanted[j] else None,
             )
             for j, (cid, p, y, s) in enumerate(zip(ids, probability, prediction, scores.risk_segment))
         ]
@@ -301,7 +314,7 @@ def start(settings: Settings) -> Service:
     config = store.config.online_store
     where = config.connection_string.split(",")[0]
     breaker = Breaker(settings.redis_cooldown_s, f"online store (Redis {where})")
-    service = Service(settings, store, model, breaker)
+    service = Service(settings, store, model, breaker, PredictBatcher(settings.batch_max_ids, settings.batch_wait_ms / 1000))
     _warm_up(service)
     # Everything loaded so far (Feast, the registry, pandas, the model: ~270k objects) lives as
     # long as the worker. Moved out of the collector's reach, a full collection under load takes

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     metrics_need_key: bool = Field(False, description="Also require an API key for /metrics (Prometheus then sends it as a bearer token).")
     allow_open: bool = Field(False, description="Serve on a non-loopback address with no API key configured (anyone who reaches the port may call).")
     model_poll_s: float = Field(2.0, gt=0, description="How often the `latest` link is checked for a new bundle (rolled out without a restart).")
+    batch_max_ids: int = Field(64, ge=1, description="POST /predict requests scored together at most (dynamic batching); 1 = one at a time.")
+    batch_wait_ms: float = Field(0.0, ge=0, le=50, description="Under load, how long a batch may wait for more requests (0: only those ready at once).")
     max_body_bytes: int = Field(256 * 1024, gt=0, description="Larger request bodies get 413 (1,000 IDs take ~20 KB).")
     feature_log: bool = Field(True, description="Log what was served (Parquet under feature_log_dir).")
     feature_log_dir: Path = Field(FEATURE_LOG_DIR, description="Feature-log root (date=YYYY-MM-DD/part-*.parquet).")

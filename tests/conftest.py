@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from online_store.redis_server import RedisEndpoint, throwaway_redis
-from training.generate import GenerateConfig, generate
+from training.generate import ACTIVITY_FILE, GenerateConfig, generate
 from training.store import REDIS_ENV, REPO_DIR, open_store
 
 SMALL = GenerateConfig(customers=1_000, seed=7)
@@ -91,3 +91,18 @@ def live(tmp_path_factory, redis_endpoint):
     materialize(store, now)  # first run: each view from now - its TTL
     store.materialize(start_date=now - timedelta(days=120), end_date=now, feature_views=["customer_activity"])
     return SimpleNamespace(repo=repo, store=store, model_dir=model_dir, bundle=result.bundle, materialized_at=now)
+
+
+@pytest.fixture(scope="session")
+def known(live):
+    """A customer with fresh features, one whose only activity has expired, and an unknown ID."""
+    from datetime import timedelta
+
+    import pandas as pd
+
+    act = pd.read_parquet(live.repo / "data" / ACTIVITY_FILE)
+    last = act.groupby("customer_id")["event_timestamp"].max()
+    now = pd.Timestamp(live.materialized_at)
+    fresh = int(last[last > now - timedelta(days=3)].index[0])
+    expired = int(last[(last < now - timedelta(days=35)) & (last > now - timedelta(days=100))].index[0])
+    return {"fresh": fresh, "expired": expired, "unknown": 10**12}

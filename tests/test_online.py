@@ -30,17 +30,6 @@ def client(live, tmp_path):
         yield c
 
 
-@pytest.fixture(scope="module")
-def known(live):
-    """A customer with fresh features, one whose only activity has expired, and an unknown ID."""
-    act = pd.read_parquet(live.repo / "data" / ACTIVITY_FILE)
-    last = act.groupby("customer_id")["event_timestamp"].max()
-    now = pd.Timestamp(live.materialized_at)
-    fresh = int(last[last > now - timedelta(days=3)].index[0])
-    expired = int(last[(last < now - timedelta(days=35)) & (last > now - timedelta(days=100))].index[0])
-    return {"fresh": fresh, "expired": expired, "unknown": 10**12}
-
-
 def test_predict_single(client, known, live):
     r = client.post("/predict", json={"customer_id": known["fresh"]})
     assert r.status_code == 200, r.text

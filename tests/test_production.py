@@ -10,7 +10,7 @@ import socket
 
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
-from test_online import known, make_settings  # noqa: F401  (fixture)
+from test_online import make_settings
 from test_operations import _serve, _wait
 
 from online_store.redis_server import free_port

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from test_online import known, make_settings  # noqa: F401  (fixture)
+from test_online import make_settings
 
 from serving.app import create_app
 from training.bundle import point_latest
