@@ -245,6 +245,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "time, with the same TTLs and on-demand transform as training; scoring uses the model bundle's own function.",
         version="1.0",
         lifespan=lifespan,
+        # metrics are Prometheus (/metrics); FastAPI's OpenTelemetry hooks would otherwise look
+        # for a configured provider in every request
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.api_keys = ApiKeys(settings.api_keys, settings.api_keys_file)
