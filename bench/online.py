@@ -8,8 +8,9 @@
    still ends today.
 2. Starts a private redis-server on a loopback port and fills it with Feast's materialize
    (activity from 120 days back, as a long-running Redis holds rows that have since expired).
-3. Starts the service with the real command (`skewless serve --workers N`) and stock
-   `feast serve -w N` on the same repo and Redis.
+3. Starts the service with the real command (`skewless serve --workers N`), the same with an
+   API key required, the same with dynamic batching off (SKEWLESS_BATCH_MAX_IDS=1), and stock
+   `feast serve -w N`, on the same repo and Redis.
 4. Drives each with an open-loop load generator in its own process (`OpenLoop`): request i is
    sent at t0 + i/rate whatever happened before, on an idle keep-alive connection (a new one
    when none is idle, up to 64), and its latency is measured from that due time, so queueing
@@ -485,6 +486,12 @@ def main() -> None:
                            "--repo", str(repo), "--model-dir", str(models)], env | {"SKEWLESS_API_KEYS": BENCH_KEY}, ROOT, keyed_log)
             procs.append(keyed)
             wait_ready(f"http://127.0.0.1:{keyed_port}/ready", keyed, keyed_log)
+            # the same service scoring one request at a time: what dynamic batching saves, same run
+            single_port, single_log = free_port(), repo.parent / "service_unbatched.log"
+            unbatched = start([sys.executable, "-m", "training", "serve", "--port", str(single_port), "--workers", str(args.workers),
+                               "--repo", str(repo), "--model-dir", str(models)], env | {"SKEWLESS_BATCH_MAX_IDS": "1"}, ROOT, single_log)
+            procs.append(unbatched)
+            wait_ready(f"http://127.0.0.1:{single_port}/ready", unbatched, single_log)
 
             single = [http_post("/predict", {"customer_id": c}) for c in sample]
             single_key = [http_post("/predict", {"customer_id": c}, BENCH_KEY) for c in sample]
@@ -507,7 +514,8 @@ def main() -> None:
             feast_scores = [http_post("/get-online-features", {"features": [f"churn_scores:{f}" for f in COLUMNS], "entities": {"customer_id": [c]}})
                             for c in scored]
 
-            run_load(app_port, single, 100, 3)  # warm up both servers
+            run_load(app_port, single, 100, 3)  # warm up the servers
+            run_load(single_port, single, 100, 3)
             if feast:
                 run_load(feast_port, feast_req, 100, 3)
             scenarios = [
@@ -516,6 +524,8 @@ def main() -> None:
                 ("skewless POST /predict", app, app_port, single, 1000, "/predict"),
                 ("skewless POST /predict", app, app_port, single, 1500, "/predict"),  # headroom
                 ("skewless POST /predict", app, app_port, single, 2000, "/predict"),
+                ("skewless POST /predict, no batching", unbatched, single_port, single, 200, "/predict"),
+                ("skewless POST /predict, no batching", unbatched, single_port, single, 1000, "/predict"),
                 ("skewless POST /predict, API key", keyed, keyed_port, single_key, 200, "/predict"),
                 ("skewless POST /predict, API key", keyed, keyed_port, single_key, 1000, "/predict"),
                 ("skewless POST /predict, rollout meanwhile", app, app_port, single, 1000, "/predict"),

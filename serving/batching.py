@@ -69,6 +69,9 @@ class PredictBatcher:
             return await future
 
         batch = _Batch([customer_id], [include_features], [future])
+        if self.max_ids == 1:  # batching off: every request alone, at once
+            self._score(service, batch)
+            return future.result()
         self._open = batch
         try:
             if self.max_wait_s > 0 and self._last_size > 1 and self.max_ids > 1:

@@ -44,8 +44,11 @@ def test_concurrent_requests_are_scored_together_with_their_own_answers(live, kn
     ids = [known["fresh"], known["unknown"], known["expired"], known["fresh"]] * 5
     requests = [(c, i % 3 == 0) for i, c in enumerate(ids)]
 
+    calls0, _ = _batch_sizes()
     alone = asyncio.run(_concurrently(create_app(_settings(live, tmp_path / "a", batch_max_ids=1)), requests))
-    calls0, customers0 = _batch_sizes()
+    calls, customers0 = _batch_sizes()
+    assert calls - calls0 == len(requests)  # batching off: one scoring call a request
+    calls0 = calls
     batched_app = create_app(_settings(live, tmp_path / "b"))
     together = asyncio.run(_concurrently(batched_app, requests))
     calls, customers = _batch_sizes()
