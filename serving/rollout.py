@@ -18,6 +18,7 @@ the `latest` watch swaps in place in every worker.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from serving.service import Service, load_model
 from training.bundle import LATEST, MODEL_NAME
 
 log = logging.getLogger("skewless.online")
+ROLLOUT_NICE = 10  # added to this thread's nice value: a load competes with the requests for the CPU, and loses
 CLOSE_GRACE_S = 2.0  # an old model's log is closed this long after the swap: requests in flight finish with it
 
 
@@ -65,6 +67,7 @@ class Rollout:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        _lower_priority()
         while not self._stop.is_set():
             forced = self._wake.wait(self.poll_s)
             self._wake.clear()
@@ -95,3 +98,14 @@ class Rollout:
         if old.feature_log is not None:
             threading.Timer(CLOSE_GRACE_S, old.feature_log.close).start()
         return new.bundle.version
+
+
+def _lower_priority() -> None:
+    """Give the watcher thread (only it: Linux applies a thread id's priority to that thread) a
+    higher nice value. Loading a bundle is ~35 ms of CPU in XGBoost's C code, which releases the
+    GIL; on a busy machine that CPU would otherwise be taken from the requests. What still runs
+    in Python while the GIL is held (verification, the warm-up) is kept to a few ms."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + ROLLOUT_NICE)
+    except (AttributeError, OSError):
+        pass  # not Linux, or not allowed: the load runs at the worker's priority

@@ -48,7 +48,7 @@ from serving.metrics import (
 from serving.schemas import Prediction, ServedRunInfo, StoredScore
 from serving.scores import NoScoresView, ScoreStore
 from serving.settings import Settings
-from training.bundle import Bundle, load_bundle
+from training.bundle import Bundle, check_contract, load_bundle
 from training.score import score
 
 log = logging.getLogger("skewless.online")
@@ -92,6 +92,7 @@ class Model:
     metrics: ServiceMetrics
     watched: Watched
     scores: ScoreStore | None  # None when the repo has no scores view
+    contract: list[tuple[str, str]]  # the registry's FeatureService as read at start-up: what `lookup` supplies
 
 
 @dataclass
@@ -280,12 +281,16 @@ def load_model(settings: Settings, store, version: str, current: Model | None = 
     """Load and verify a bundle (sha256, contract against the registry) and build what serves it.
 
     At a rollout, a bundle on the same FeatureService as the `current` model reuses its feature
-    lookup, budgets and metrics (resolving them again takes ~40 ms of Python, held against the
-    requests the worker is answering meanwhile). Raises BundleError (one line) for a bundle that
-    fails verification; nothing is started then.
+    lookup, budgets and metrics, and is checked against the contract read at start-up, which is
+    what that lookup supplies (the registry is read once: serving/features.py:connect_store).
+    Resolving them again takes ~50 ms of Python, held against the requests the worker is
+    answering meanwhile. Raises BundleError (one line) for a bundle that fails verification;
+    nothing is started then.
     """
-    bundle = load_bundle(version, settings.model_dir, store=store)
-    if current is not None and current.bundle.feature_service == bundle.feature_service:
+    bundle = load_bundle(version, settings.model_dir)  # sha256, manifest against the model file
+    same_service = current is not None and current.bundle.feature_service == bundle.feature_service
+    contract = check_contract(bundle, store, registry=current.contract if same_service else None)
+    if same_service:
         lookup, watched, metrics = current.lookup, current.watched, current.metrics
         scores = None if current.scores is None else replace(current.scores, serving=(bundle.name, bundle.version))
     else:
@@ -302,7 +307,7 @@ def load_model(settings: Settings, store, version: str, current: Model | None = 
         )
     MODEL_LOADS.inc()
     MODEL_INFO.labels(model_name=bundle.name, model_version=bundle.version, feature_service=bundle.feature_service).set(1)
-    return Model(bundle, lookup, feature_log, metrics, watched, scores)
+    return Model(bundle, lookup, feature_log, metrics, watched, scores, contract)
 
 
 def start(settings: Settings) -> Service:

@@ -85,3 +85,23 @@ def test_latest_moves_and_the_new_bundle_is_swapped_in_without_a_restart(live, k
         assert ready.json()["model"].endswith(v2)
         assert c.post("/predict", json={"customer_id": known["fresh"]}).json()["model_version"] == v2
         assert "skewless_model_rollouts_refused_total 1.0" in c.get("/metrics").text
+
+
+def test_a_bundle_whose_contract_differs_from_the_served_one_is_refused(live, known, tmp_path):
+    """At a rollout the contract is checked against the one the service read at start-up, which
+    is what its feature lookup supplies: a manifest that names another dtype is refused."""
+    models = tmp_path / "models"
+    shutil.copytree(live.model_dir, models, symlinks=True)
+    root = models / "churn"
+    settings = make_settings(live, tmp_path).model_copy(update={"model_dir": models, "model_poll_s": 0.1})
+    with TestClient(create_app(settings)) as c:
+        v4 = "29990101T000000Z-othertypes4"
+        dest = copy_bundle(root, live.bundle.version, v4)
+        manifest = json.loads((dest / "manifest.json").read_text())
+        numeric = next(f for f in manifest["features"] if f["dtype"] == "Int64")
+        numeric["dtype"] = "Float32"
+        (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        point_latest(root, v4)
+        ready = wait_for(lambda: (r := c.get("/ready")).json().get("rollout") and r)
+        assert "registry's differs" in ready.json()["rollout"] and numeric["name"] in ready.json()["rollout"]
+        assert c.post("/predict", json={"customer_id": known["fresh"]}).json()["model_version"] == live.bundle.version

@@ -208,15 +208,21 @@ def load_bundle(
     return bundle
 
 
-def check_contract(bundle: Bundle, store) -> None:
-    """Raise BundleError naming the difference if the registry's FeatureService moved on."""
-    registry = service_contract(store, bundle.feature_service)
+def check_contract(bundle: Bundle, store=None, registry: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
+    """Raise BundleError naming the difference if the registry's FeatureService moved on.
+
+    Compares with `registry` when given (the contract a service already read, see
+    serving/service.py:load_model), else reads it from `store`; returns what it compared with.
+    """
+    if registry is None:
+        registry = service_contract(store, bundle.feature_service)
     trained = [(f.name, f.dtype) for f in bundle.features]
     if registry != trained:
         raise BundleError(
             f"model {bundle.name}/{bundle.version} was trained on FeatureService {bundle.feature_service!r} "
             f"but the registry's differs: {_diff(trained, registry)}; retrain with `skewless train`"
         )
+    return registry
 
 
 def _diff(trained: list, current: list) -> str:
