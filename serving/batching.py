@@ -74,7 +74,7 @@ class PredictBatcher:
             return future.result()
         self._open = batch
         try:
-            if self.max_wait_s > 0 and self._last_size > 1 and self.max_ids > 1:
+            if self.max_wait_s > 0 and self._last_size > 1:
                 batch.full = asyncio.Event()
                 try:
                     await asyncio.wait_for(batch.full.wait(), self.max_wait_s)
