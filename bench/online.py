@@ -414,18 +414,18 @@ def stage_split(before: dict, after: dict, route: str) -> dict[str, float]:
     def delta(name: str) -> float:
         return after.get(name, 0) - before.get(name, 0)
 
-    requests = delta(f'skewless_request_seconds_count{{method="POST",route="{route}",status="200"}}')
+    labels = f'{{method="POST",route="{route}",status="200"}}'
+    requests = delta(f"skewless_request_seconds_count{labels}")
 
-    def per_request(metric: str) -> float:
-        return delta(f"{metric}_sum") / requests * 1000 if requests else float("nan")
+    def per_request(sum_sample: str) -> float:
+        return delta(sum_sample) / requests * 1000 if requests else float("nan")
 
     batches = delta("skewless_predict_batch_size_count")
     return {
-        "server (ASGI, in the service)": delta(f'skewless_request_seconds_sum{{method="POST",route="{route}",status="200"}}') / requests * 1000
-        if requests else float("nan"),
-        "feature read (Feast + Redis + TTL)": per_request("skewless_feature_lookup_seconds"),
-        "on-demand transform": per_request("skewless_on_demand_seconds"),
-        "model (score)": per_request("skewless_model_seconds"),
+        "server (ASGI, in the service)": per_request(f"skewless_request_seconds_sum{labels}"),
+        "feature read (Feast + Redis + TTL)": per_request("skewless_feature_lookup_seconds_sum"),
+        "on-demand transform": per_request("skewless_on_demand_seconds_sum"),
+        "model (score)": per_request("skewless_model_seconds_sum"),
         "requests per scoring call (batch size)": delta("skewless_predict_batch_size_sum") / batches if route == "/predict" and batches else 1.0,
     }
 
