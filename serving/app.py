@@ -301,6 +301,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Predictions for up to 1,000 customers in request order; an ID without features gets status not_found."""
         return PydanticJSON(BatchResponse.model_construct(predictions=service.predict(body.customer_ids, include_features)))
 
+    # before /scores/{customer_id}: a wrong method on /scores/batch then answers 405 with `Allow: POST`, not GET
+    @app.post("/scores/batch", response_model=ScoresResponse, response_model_exclude_none=True, tags=["scores"],
+              responses=ERROR_RESPONSES)
+    async def stored_scores(body: ScoresRequest, service: ServiceDep) -> Response:
+        """Stored scores of up to 1,000 customers in request order; `not_found` and `stale` slots carry no values."""
+        return PydanticJSON(ScoresResponse.model_construct(scores=service.stored_scores(body.customer_ids)))
+
     @app.get(
         "/scores/{customer_id}", response_model=StoredScore, response_model_exclude_none=True, tags=["scores"],
         responses={404: {"model": ScoreNotCurrent, "description": "No stored score, or one past its freshness budget (`stale`)."}, **ERROR_RESPONSES},
@@ -316,12 +323,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                            f"the freshness budget of {s.model_name}", "stale": True, "age_seconds": s.age_seconds,
                                  "as_of": s.as_of, "max_age_seconds": s.max_age_seconds}, status_code=404)
         return PydanticJSON(s)
-
-    @app.post("/scores/batch", response_model=ScoresResponse, response_model_exclude_none=True, tags=["scores"],
-              responses=ERROR_RESPONSES)
-    async def stored_scores(body: ScoresRequest, service: ServiceDep) -> Response:
-        """Stored scores of up to 1,000 customers in request order; `not_found` and `stale` slots carry no values."""
-        return PydanticJSON(ScoresResponse.model_construct(scores=service.stored_scores(body.customer_ids)))
 
     @app.get("/health", response_model=Health, tags=["operations"])
     async def health() -> Health:

@@ -133,6 +133,10 @@ def test_every_status_is_declared(live, tmp_path):
         assert spec["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
         r = c.post("/predict", content=b'{"customer_id": "\xff\xfe"}', headers={"Content-Type": "application/json"})
         assert r.status_code in (400, 422) and "detail" in r.json()
+        # a wrong method names the route's own method (found by schemathesis: /scores/batch said GET)
+        for path, allowed in (("/predict", "POST"), ("/predict/batch", "POST"), ("/scores/batch", "POST"), ("/scores/42", "GET")):
+            r = c.request("PUT", path)
+            assert r.status_code == 405 and r.headers["allow"] == allowed, (path, r.headers.get("allow"))
 
 
 def test_real_server_refuses_a_20mb_chunked_body_and_needs_a_key(live, tmp_path):
