@@ -26,7 +26,7 @@ next one. `/predict/batch` is a batch already and calls `Service.predict` direct
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from serving.metrics import BATCH_SIZE
@@ -38,9 +38,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class _Batch:
-    ids: list[int] = field(default_factory=list)
-    include_features: list[bool] = field(default_factory=list)
-    futures: list[asyncio.Future] = field(default_factory=list)
+    ids: list[int]
+    include_features: list[bool]
+    futures: list[asyncio.Future]
     full: asyncio.Event | None = None  # set when max_ids are waiting (only when the leader waits on a timer)
 
 

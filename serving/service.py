@@ -18,7 +18,7 @@ import gc
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -101,7 +101,7 @@ class Service:
     store: object  # feast.FeatureStore
     model: Model
     breaker: Breaker
-    batcher: PredictBatcher = field(default_factory=lambda: PredictBatcher(max_ids=1))  # POST /predict's dynamic batching
+    batcher: PredictBatcher  # POST /predict's dynamic batching (serving/batching.py)
     rollout_problem: str | None = None  # the last bundle refused at a rollout, while the old one serves
 
     # the current model's parts, for readers that do not care about a swap in between
