@@ -20,7 +20,9 @@
    then spreads over all scenarios instead of sinking one), and prints per scenario the median
    round's p50/p95/p99 with each round's p50 and p99 beside it, errors, achieved rate, the
    server's CPU per request and the service's own split of the time (from its /metrics); writes
-   every round to bench/results/online.json.
+   every round to bench/results/online.json. The rollout scenario also gives, per round, the
+   slowest request of the seconds that hold a worker's swap, of those after the move to a broken
+   bundle, and of the quiet seconds: what the rollout adds, set apart from the machine's noise.
 
 Only loopback addresses. Every process it starts runs in its own process group and is stopped
 at the end (SIGTERM, then SIGKILL after 20 s). Each scenario is bounded: its schedule plus at
@@ -50,6 +52,7 @@ RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))  # the project's packages before this folder's scripts of the same names
 
 CONNECTIONS = 64
+SLOW_S = 0.002  # answers slower than this are kept with their due time (the rollout windows)
 DRAIN_S = 15.0
 HISTORY = timedelta(days=120)  # how far back Redis is filled, past the activity view's 30-day TTL
 
@@ -81,6 +84,8 @@ class OpenLoop:
         self.inflight: dict[int, tuple[socket.socket, float, bytearray]] = {}  # fd -> (sock, due, buffer)
         self.opened = 0
         self.latencies: list[float] = []
+        self.slow: list[tuple[float, float]] = []  # (due, latency) of answers over SLOW_S: where the tail sits in time
+        self.versions: dict[str, list[float]] = {}  # model_version in the answers -> [first due, last due]
         self.lags: list[float] = []
         self.errors: list[str] = []
         self.done = 0  # requests answered or failed
@@ -157,6 +162,11 @@ class OpenLoop:
                     del self.inflight[fd]
                     self.done += 1
                     self.latencies.append(now - due)
+                    if now - due > SLOW_S:
+                        self.slow.append((due, now - due))
+                    version = _model_version(buf)
+                    if version is not None:
+                        self.versions.setdefault(version, [due, due])[1] = due
                     if status >= 400:
                         self.errors.append(f"HTTP {status}")
                     if self.waiting:
@@ -174,6 +184,12 @@ def _complete_response(buf: bytearray) -> int | None:
     if len(buf) < end + 4 + (int(m.group(1)) if m else 0):
         return None
     return int(buf[9:12])
+
+
+def _model_version(buf: bytearray) -> str | None:
+    """The `model_version` an answer names, if any (a /predict answer does)."""
+    m = re.search(rb'"model_version":"([^"]+)"', buf)
+    return m.group(1).decode() if m else None
 
 
 def _tight_timer_slack() -> None:
@@ -224,6 +240,7 @@ def load_main(spec: dict) -> dict:
         "error_kinds": sorted(set(gen.errors)) + (["no answer within the drain time"] if unanswered else []),
         "achieved_rps": (answered - http_errors) / elapsed, "p50": pct(lats, 50), "p95": pct(lats, 95), "p99": pct(lats, 99),
         "max": pct(lats, 100), "send_lag_p99": pct(lags, 99), "connections": gen.opened,
+        "slow": gen.slow, "versions": gen.versions, "t0": t0,
         "loadgen_cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
     }
 
@@ -237,19 +254,29 @@ def http_post(path: str, body: dict, key: str | None = None) -> str:
 BENCH_KEY = "sk_bench-key-not-a-secret"
 
 
-def rollout_during(models: Path, seconds: float) -> threading.Thread:
+class RolloutDuring(threading.Thread):
     """While a scenario runs: `latest` moves to a copy of the bundle at 1/3, to a broken copy at
     2/3 (its model file changed after training), and back at the end; the service must swap the
-    first in and refuse the second without an error or a slow request."""
-    root = models / "churn"
-    original = (root / "latest").resolve().name
+    first in and refuse the second without an error or a slow request. `moves` holds when each
+    move happened (time.perf_counter: CLOCK_MONOTONIC, the same clock as the load generator's)."""
 
-    from training.bundle import point_latest
+    def __init__(self, models: Path, seconds: float):
+        super().__init__(daemon=True)
+        from training.bundle import point_latest
 
-    def point(version: str) -> None:
-        point_latest(root, version)
+        self.root, self.seconds, self.point_latest = models / "churn", seconds, point_latest
+        self.original = (self.root / "latest").resolve().name
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        self.new, self.broken = f"{stamp}-rollout", f"{stamp}-broken"
+        self._copy(self.new, False)  # before the load starts: copying is this process's work, not the service's
+        self._copy(self.broken, True)
+        self.moves: dict[str, float] = {}
+        from serving.settings import Settings
 
-    def copy(version: str, broken: bool) -> None:
+        self.poll_s = Settings.model_fields["model_poll_s"].default  # how long a worker may take to notice a move
+
+    def _copy(self, version: str, broken: bool) -> None:
+        root, original = self.root, self.original
         shutil.rmtree(root / version, ignore_errors=True)
         shutil.copytree(root / original, root / version, ignore=shutil.ignore_patterns("training_set*"))
         manifest = json.loads((root / version / "manifest.json").read_text())
@@ -258,21 +285,43 @@ def rollout_during(models: Path, seconds: float) -> threading.Thread:
             with open(root / version / "model.ubj", "ab") as f:
                 f.write(b"tampered")
 
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    copy(f"{stamp}-rollout", False)  # before the load starts: copying is this process's work, not the service's
-    copy(f"{stamp}-broken", True)
+    def run(self) -> None:
+        time.sleep(self.seconds / 3)
+        self.moves["new"] = time.perf_counter()
+        self.point_latest(self.root, self.new)
+        time.sleep(self.seconds / 3)
+        self.moves["broken"] = time.perf_counter()
+        self.point_latest(self.root, self.broken)
+        time.sleep(self.seconds / 3 + 1)
+        self.point_latest(self.root, self.original)
 
-    def run() -> None:
-        time.sleep(seconds / 3)
-        point(f"{stamp}-rollout")
-        time.sleep(seconds / 3)
-        point(f"{stamp}-broken")
-        time.sleep(seconds / 3 + 1)
-        point(original)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
+    def windows(self, r: dict) -> dict:
+        """The slowest request (ms) of each 1 s of the run, by due time, sorted into seconds that
+        hold a worker's swap (0.5 s either side of the first answer from the new version and of
+        the last from the old one: one per worker), seconds after the move to the broken bundle
+        (until one watch interval has passed) and quiet seconds: what the rollout adds, set apart
+        from what the machine does anyway in the same run."""
+        t0, new_first = r["t0"], r["versions"].get(self.new, [None])[0]
+        old_last = r["versions"].get(self.original, [self.moves["new"]] * 2)[1]
+        swaps = [t for t in (new_first, old_last) if t is not None]
+        n_bins = int(self.seconds)
+        worst = [SLOW_S * 1000] * n_bins
+        for due, lat in r["slow"]:
+            i = int(due - t0)
+            if 0 <= i < n_bins:
+                worst[i] = max(worst[i], lat * 1000)
+        swap_bins = {int(t - t0 + d) for t in swaps for d in (-0.5, 0.5)}
+        broken = self.moves["broken"] - t0
+        broken_bins = set(range(int(broken), int(broken + self.poll_s) + 1)) - swap_bins
+        quiet = [w for i, w in enumerate(worst) if i not in swap_bins | broken_bins]
+        return {
+            "swap max ms": max((worst[i] for i in swap_bins if 0 <= i < n_bins), default=float("nan")),
+            "broken max ms": max((worst[i] for i in broken_bins if 0 <= i < n_bins), default=float("nan")),
+            "quiet median ms": statistics.median(quiet) if quiet else float("nan"),
+            "quiet max ms": max(quiet, default=float("nan")),
+            "swap s": (old_last - new_first) if new_first is not None else float("nan"),
+            "answered by new": new_first is not None,
+        }
 
 
 def http_get(path: str) -> str:
@@ -520,6 +569,8 @@ def main() -> None:
                 run_load(feast_port, feast_req, 100, 3)
             scenarios = [
                 ("skewless GET /health (HTTP floor)", app, app_port, health, 200, None),
+                ("skewless GET /health (HTTP floor)", app, app_port, health, 1000, None),
+                ("skewless GET /health (HTTP floor)", app, app_port, health, 2000, None),
                 ("skewless POST /predict", app, app_port, single, 200, "/predict"),
                 ("skewless POST /predict", app, app_port, single, 1000, "/predict"),
                 ("skewless POST /predict", app, app_port, single, 1500, "/predict"),  # headroom
@@ -548,10 +599,14 @@ def main() -> None:
                     before = scrape(port) if route else {}
                     load = os.getloadavg()[0]  # other jobs on the machine show here
                     cpu0 = cpu_seconds(proc)
-                    mover = rollout_during(models, args.seconds) if "rollout" in name else None
+                    mover = RolloutDuring(models, args.seconds) if "rollout" in name else None
+                    if mover is not None:
+                        mover.start()
                     r = run_load(port, payloads, rate, args.seconds)
                     if mover is not None:
                         mover.join()
+                        r["rollout"] = mover.windows(r)
+                    r.pop("slow"), r.pop("versions")  # only the rollout windows need them
                     r["server_cpu_ms_per_req"] = (cpu_seconds(proc) - cpu0) / max(r["answered"], 1) * 1000
                     if route:
                         splits.setdefault(f"{name} @ {rate}/s", []).append(stage_split(before, scrape(port), route))
@@ -573,6 +628,15 @@ def main() -> None:
         print(f"| {name} | {rate} | {m['achieved_rps']:.0f} | {m['p50']:.2f} | {m['p95']:.2f} | {m['p99']:.2f} | {m['max']:.2f} | "
               f"{sum(r['errors'] for r in rounds)} | {m['server_cpu_ms_per_req']:.2f} | {gen:.2f} | "
               f"{_each(rounds, 'p50')} | {_each(rounds, 'p99')} |")
+    rollouts = [r["rollout"] for r in results if "rollout" in r]
+    if rollouts:
+        print("\nrollout under load: the slowest request (ms) of each 1 s of the run, in the seconds that hold a worker's swap, "
+              "after the move to the broken bundle, and in the other (quiet) seconds of the same run")
+        print("| round | swap seconds: max | broken bundle: max | quiet seconds: median of their max | quiet seconds: max | "
+              "first to last worker swapped, s |\n|---|---|---|---|---|---|")
+        for i, w in enumerate(rollouts, 1):
+            print(f"| {i} | {w['swap max ms']:.1f} | {w['broken max ms']:.1f} | {w['quiet median ms']:.1f} | {w['quiet max ms']:.1f} | "
+                  f"{w['swap s']:.2f}{'' if w['answered by new'] else ' (the new version never answered!)'} |")
     for name, per_round in splits.items():
         print(f"\nwhere the time goes, {name} (mean ms per request measured by the service, median round):")
         for stage in per_round[0]:
