@@ -262,8 +262,10 @@ class RolloutDuring(threading.Thread):
 
     def __init__(self, models: Path, seconds: float):
         super().__init__(daemon=True)
+        from serving.settings import Settings
         from training.bundle import point_latest
 
+        self.poll_s = Settings.model_fields["model_poll_s"].default  # how long a worker may take to notice a move
         self.root, self.seconds, self.point_latest = models / "churn", seconds, point_latest
         self.original = (self.root / "latest").resolve().name
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -271,9 +273,6 @@ class RolloutDuring(threading.Thread):
         self._copy(self.new, False)  # before the load starts: copying is this process's work, not the service's
         self._copy(self.broken, True)
         self.moves: dict[str, float] = {}
-        from serving.settings import Settings
-
-        self.poll_s = Settings.model_fields["model_poll_s"].default  # how long a worker may take to notice a move
 
     def _copy(self, version: str, broken: bool) -> None:
         root, original = self.root, self.original
