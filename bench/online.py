@@ -72,11 +72,12 @@ class OpenLoop:
     up shows as such instead of as server latency.
     """
 
-    def __init__(self, port: int, payloads: list[bytes], max_connections: int):
+    def __init__(self, port: int, payloads: list[bytes], max_connections: int, track_versions: bool = False):
         import collections
         import select
 
         self.port, self.payloads, self.max_connections = port, payloads, max_connections
+        self.track_versions = track_versions  # read each answer's model_version (the rollout scenario only)
         self.epoll = select.epoll()
         self.lock = threading.Lock()
         self.idle: collections.deque = collections.deque()  # sockets with nothing in flight
@@ -164,7 +165,7 @@ class OpenLoop:
                     self.latencies.append(now - due)
                     if now - due > SLOW_S:
                         self.slow.append((due, now - due))
-                    version = _model_version(buf)
+                    version = _model_version(buf) if self.track_versions else None
                     if version is not None:
                         self.versions.setdefault(version, [due, due])[1] = due
                     if status >= 400:
@@ -209,7 +210,7 @@ def load_main(spec: dict) -> dict:
     _tight_timer_slack()
     payloads = [p.encode("latin-1") for p in spec["payloads"]]
     rate, n = spec["rate"], int(spec["rate"] * spec["seconds"])
-    gen = OpenLoop(spec["port"], payloads, spec.get("connections", CONNECTIONS))
+    gen = OpenLoop(spec["port"], payloads, spec.get("connections", CONNECTIONS), spec.get("track_versions", False))
     receiver = threading.Thread(target=gen.receive, daemon=True)
     receiver.start()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -327,8 +328,8 @@ def http_get(path: str) -> str:
     return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
-def run_load(port: int, payloads: list[str], rate: float, seconds: float) -> dict:
-    spec = json.dumps({"port": port, "payloads": payloads, "rate": rate, "seconds": seconds})
+def run_load(port: int, payloads: list[str], rate: float, seconds: float, track_versions: bool = False) -> dict:
+    spec = json.dumps({"port": port, "payloads": payloads, "rate": rate, "seconds": seconds, "track_versions": track_versions})
     out = subprocess.run([sys.executable, __file__, "--load"], input=spec, capture_output=True, text=True,
                          timeout=seconds + DRAIN_S + 60)
     if out.returncode != 0:
@@ -601,7 +602,7 @@ def main() -> None:
                     mover = RolloutDuring(models, args.seconds) if "rollout" in name else None
                     if mover is not None:
                         mover.start()
-                    r = run_load(port, payloads, rate, args.seconds)
+                    r = run_load(port, payloads, rate, args.seconds, track_versions=mover is not None)
                     if mover is not None:
                         mover.join()
                         r["rollout"] = mover.windows(r)
