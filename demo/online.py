@@ -188,7 +188,9 @@ def demo_online(repo: Path, count: int, traffic: int, result_path: Path) -> None
             server.terminate()  # a clean shutdown flushes the feature log
             server.wait(timeout=30)
     result_path.parent.mkdir(parents=True, exist_ok=True)
-    result = {"at": now.isoformat(), "port": port, "predictions": len(answers) + 2 + len(crowd), "answers": answers,
+    # the curl lines (one each, and a batch of 2 known IDs), the live event's score before its event, the crowd
+    served = len(answers) + 2 + (live is not None) + len(crowd)
+    result = {"at": now.isoformat(), "port": port, "predictions": served, "answers": answers,
               "materialized_rows": summary["rows"], "stored_score": stored, "live_event": live}
     tmp = result_path.with_name(f".{result_path.name}.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
