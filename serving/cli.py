@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import click
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for every interface).")
-@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes; each loads the model once. About one per core.")
 @click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None, help="Feast repo (default: feature_repo/).")
@@ -46,6 +48,9 @@ def serve(host: str, port: int, workers: int, repo: Path | None, model_dir: Path
     if not keys.configured and not is_loopback(host) and not settings.allow_open:
         raise click.ClickException(f"refusing to serve {host} with no API key: set SKEWLESS_API_KEYS or SKEWLESS_API_KEYS_FILE "
                                    "(`skewless api-key --file FILE` makes one), or pass --allow-open to run open")
+    taken = _cannot_bind(host, port)
+    if taken:  # before a private Redis is started and loaded for nothing
+        raise click.ClickException(f"cannot listen on {host}:{port}: {taken}")
     import uvicorn
 
     from online_store.redis_server import redis_for_feast
@@ -78,6 +83,24 @@ def serve(host: str, port: int, workers: int, repo: Path | None, model_dir: Path
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _cannot_bind(host: str, port: int) -> str | None:
+    """Why uvicorn could not listen on host:port (taken, not this machine's address), with the
+    fix, or None. Bound as uvicorn binds (SO_REUSEADDR), then released."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"unknown host ({exc.strerror}): check --host"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            fix = "pick another with --port" if exc.errno == errno.EADDRINUSE else "check --host"
+            return f"{exc.strerror or exc} ({fix})"
+    return None
 
 
 def _load_throwaway(endpoint, repo: Path | None) -> None:

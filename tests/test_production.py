@@ -98,6 +98,20 @@ def test_bad_key_file_and_open_bind_are_one_line(tmp_path, monkeypatch):
     assert "SKEWLESS_API_KEYS" in r.output and "--allow-open" in r.output
 
 
+def test_a_port_it_cannot_listen_on_is_one_line_before_anything_starts():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = CliRunner().invoke(main, ["serve", "--port", str(port)])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert f"127.0.0.1:{port}" in r.output and "--port" in r.output and "redis" not in r.output.lower()
+    r = CliRunner().invoke(main, ["serve", "--port", "99999"])
+    assert r.exit_code == 2 and "1<=x<=65535" in r.output
+
+
 # --- the API's edges -----------------------------------------------------------------------
 
 

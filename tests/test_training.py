@@ -166,3 +166,13 @@ def test_bundle_is_refused_when_the_registry_contract_changes(trained, tmp_path,
     result, model_dir = trained
     with pytest.raises(BundleError, match=r"missing \[\('spend_7d', 'Float64'\)\]"):
         load_bundle(result.bundle.version, model_dir, store=open_store(repo))
+
+
+def test_an_unknown_feature_service_is_one_line_naming_the_registered_ones(small_repo, tmp_path):
+    from click.testing import CliRunner
+
+    from training.cli import main
+
+    r = CliRunner().invoke(main, ["train", "--repo", str(small_repo), "--model-dir", str(tmp_path), "--feature-service", "churn_v9"])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "'churn_v9'" in r.output and "churn_v1" in r.output and not any(tmp_path.iterdir())

@@ -65,9 +65,10 @@ class Group(click.Group):
             lines = str(exc).strip().splitlines()
             raise click.ClickException(lines[0] if lines else type(exc).__name__) from exc
         except Exception as exc:
-            if type(exc).__module__.lstrip("_").startswith("duckdb"):  # e.g. out of memory, a broken file
-                lines = str(exc).strip().splitlines()
-                raise click.ClickException(f"DuckDB: {lines[0] if lines else type(exc).__name__}") from exc
+            for module, label in (("duckdb", "DuckDB"), ("feast", "Feast")):  # out of memory, a broken file; an object not registered
+                if type(exc).__module__.lstrip("_").startswith(module):
+                    lines = str(exc).strip().splitlines()
+                    raise click.ClickException(f"{label}: {lines[0] if lines else type(exc).__name__}") from exc
             raise
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from feast import FeatureStore, FeatureView
+from feast.errors import FeatureServiceNotFoundException
 from feast.on_demand_feature_view import OnDemandFeatureView
 
 
@@ -48,8 +49,18 @@ class Contract:
         return np.array(out, dtype=bool)
 
 
+def feature_service(store: FeatureStore, name: str):
+    """The registered FeatureService `name`; a LookupError naming the registered ones if there is none."""
+    try:
+        return store.get_feature_service(name)
+    except FeatureServiceNotFoundException:
+        known = sorted(s.name for s in store.list_feature_services())
+        raise LookupError(f"no FeatureService {name!r} in Feast project {store.project!r} "
+                          f"(registered: {', '.join(known) or 'none: run `skewless apply`'})") from None
+
+
 def resolve(store: FeatureStore, service_name: str) -> Contract:
-    service = store.get_feature_service(service_name)
+    service = feature_service(store, service_name)
     views: dict[str, FeatureView] = {}
     odfvs: list[OnDemandFeatureView] = []
     for proj in service.feature_view_projections:

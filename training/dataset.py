@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from training.contract import feature_service
 from training.generate import LABEL_HORIZON_DAYS, LABELS_FILE
 
 KEYS = ["customer_id", "event_timestamp"]
@@ -44,7 +45,7 @@ def entity_frame(keys: pd.DataFrame) -> pd.DataFrame:
 
 def historical_features(store, service_name: str, keys: pd.DataFrame) -> pd.DataFrame:
     """Point-in-time features for `keys`, joined back on keys (the DuckDB store reorders rows)."""
-    service = store.get_feature_service(service_name)
+    service = feature_service(store, service_name)
     entity = entity_frame(keys)
     # filter_by_created_timestamp: a row counts only from when it arrived (`created`), as it
     # does online, where a row is in Redis only once it has been materialized.
