@@ -111,13 +111,19 @@ def publish(customer_id, event_type, amount, when, event_id) -> None:
     from training.times import parse_time
 
     at = parse_time(when)
+    from stream.consumer import BadEvent, parse
     from stream.source import EVENTS_STREAM
 
+    fields = {"event_id": event_id if event_id is not None else time.time_ns() // 1000, "customer_id": customer_id,
+              "event_type": event_type, "event_time": at.isoformat()}
+    if amount is not None:
+        fields["amount"] = amount
+    try:
+        parse({k: str(v) for k, v in fields.items()})  # what the consumer would dead-letter is refused here
+    except BadEvent as exc:
+        raise click.ClickException(f"not sent: {str(exc).removeprefix('schema: ')}") from None
     with _named_redis() as endpoint:
-        fields = {"event_id": event_id if event_id is not None else time.time_ns() // 1000, "customer_id": customer_id,
-                  "event_type": event_type, "event_time": at.isoformat(), "sent_at_us": time.time_ns() // 1000}
-        if amount is not None:
-            fields["amount"] = amount
+        fields["sent_at_us"] = time.time_ns() // 1000
         entry = endpoint.client().xadd(EVENTS_STREAM, fields).decode()
     click.echo(f"{entry} {json.dumps(fields)}")
 

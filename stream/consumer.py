@@ -28,6 +28,7 @@ each read-modify-write the same customer (shard the stream by customer for more)
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -81,8 +82,10 @@ def parse(fields: dict[str, str]) -> Event:
         value = None if amount in (None, "") else float(amount)
     except ValueError:
         raise BadEvent(f"schema: amount {amount!r} is not a number") from None
+    if value is not None and not math.isfinite(value):  # int(inf) would raise past the dead-letter path: a poison entry
+        raise BadEvent(f"schema: amount {amount!r} is not a finite number")
     if kind in SEATS_EVENTS and (value is None or value < 0 or value != int(value)):
-        raise BadEvent(f"schema: {kind} needs the seats as a whole amount, got {amount!r}")
+        raise BadEvent(f"schema: {kind} needs the seats as a whole amount, got {'none' if amount is None else repr(amount)}")
     when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
     return Event(event_id, customer_id, kind, _micros(when), value)
 

@@ -241,14 +241,31 @@ def test_bad_and_hostile_events_are_dead_lettered_and_the_rest_applied(env, stre
     publish(streams, 6, good, "payment_failed", now + timedelta(hours=2))  # from the future
     publish(streams, 7, good, "plan_changed", now)  # seats missing
     streams.xadd(EVENTS_STREAM, {"event_id": 8, "customer_id": good, "event_type": "ticket_opened", "event_time": "yesterday"})
+    publish(streams, 10, good, "plan_changed", now, amount="inf")  # int(inf) raises: it must not stop the consumer
+    publish(streams, 11, good, "payment_failed", now, amount="nan")
     publish(streams, 9, good, "payment_failed", now - timedelta(seconds=5))  # the one good event
     publish(streams, 9, good, "payment_failed", now - timedelta(seconds=5))  # and a duplicate of it
     consume(env)
     reasons = [f[b"reason"].decode() for _, f in streams.xrange(DEAD_STREAM)]
-    assert len(reasons) == 9, reasons
+    assert len(reasons) == 11, reasons
     for expected in ("missing field 'event_id'", "invalid literal", "unknown event_type 'refund_issued'", "outside 0..2^63-1",
-                     "unknown customer 1000000000000", "in the future", "plan_changed needs the seats", "Invalid isoformat", "duplicate"):
+                     "unknown customer 1000000000000", "in the future", "plan_changed needs the seats", "Invalid isoformat", "duplicate",
+                     "amount 'inf' is not a finite number", "amount 'nan' is not a finite number"):
         assert any(expected in r for r in reasons), (expected, reasons)
     times = state_online(env, [good])["payment_failure_times_us"][0]
     at = now - timedelta(seconds=5)
     assert times.count(int(at.timestamp()) * 1_000_000 + at.microsecond) == 1
+
+
+def test_publish_refuses_what_the_consumer_would_dead_letter(env, streams):
+    from click.testing import CliRunner
+
+    from training.cli import main
+
+    for args, expected in ((["--type", "refund_issued"], "unknown event_type"), (["--type", "plan_changed"], "needs the seats"),
+                           (["--type", "plan_changed", "--amount", "inf"], "not a finite number")):
+        r = CliRunner().invoke(main, ["stream", "publish", "--customer", "5", *args])
+        assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1 and expected in r.output, r.output
+    assert streams.xlen(EVENTS_STREAM) == 0
+    r = CliRunner().invoke(main, ["stream", "publish", "--customer", "5", "--type", "plan_changed", "--amount", "3"])
+    assert r.exit_code == 0 and streams.xlen(EVENTS_STREAM) == 1, r.output
