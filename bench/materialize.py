@@ -1,7 +1,7 @@
 """Benchmark materialization into Redis: Feast's stock engine and skewless's, in the same run.
 
-    uv run python bench/materialize.py --customers 100000 --customers 1000000 [--customers 10000000]
-    uv run python bench/materialize.py --customers 100000 --profile-only   # where the stock path spends time
+    .venv/bin/python bench/materialize.py --customers 100000 --customers 1000000 [--customers 10000000]
+    .venv/bin/python bench/materialize.py --customers 100000 --profile-only   # where the stock path spends time
 
 For each scale: the shared generated data (bench/generated_data.py), hard-linked into two copies of
 feature_repo in bench/results/materialize-<n>/: `stock/` (`batch_engine: local` and `online_store

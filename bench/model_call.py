@@ -1,7 +1,7 @@
 """Benchmark the model call alone: one row and 100 rows, hot and with cold caches (issue #18).
 
-    uv run python bench/model_call.py [--bundle DIR]
-    uv run --with treelite --with tl2cgen python bench/model_call.py    # adds a compiled model
+    .venv/bin/python bench/model_call.py [--bundle DIR]
+    uv run --with treelite --with tl2cgen python bench/model_call.py    # adds a compiled model (uv: .tools/bin/uv if make installed it)
 
 Options measured on the same matrix, in the same run:
 
@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="A bundle directory (bench/online.py trains one).")
     args = ap.parse_args()
     if not (args.bundle / "manifest.json").is_file():
-        sys.exit(f"no bundle at {args.bundle}: run `uv run python bench/online.py --only health` once, or pass --bundle")
+        sys.exit(f"no bundle at {args.bundle}: run `.venv/bin/python bench/online.py --only health` once, or pass --bundle")
 
     import pandas as pd
 

@@ -1,6 +1,6 @@
 """Benchmark the online path: skewless /predict, /predict/batch and /scores beside stock `feast serve`.
 
-    uv run python bench/online.py [--customers 50000] [--seconds 10] [--repeat 3] [--workers 2] [--no-feast] [--only TEXT]
+    .venv/bin/python bench/online.py [--customers 50000] [--seconds 10] [--repeat 3] [--workers 2] [--no-feast] [--only TEXT]
 
 1. Prepares bench/results/online-<n>/: a copy of feature_repo, data generated to end today,
    applied with the stock `feast apply`, a model trained on it, and a batch run scored with it

@@ -1,6 +1,6 @@
 """Benchmark the pieces around the model in one /predict request, one by one, in process (#18).
 
-    uv run python bench/request_parts.py [--bundle DIR]
+    .venv/bin/python bench/request_parts.py [--bundle DIR]
 
 Each piece is timed on its own, hot, as the service runs it (median of 20,000 calls, µs):
 body validation (the JSON body parsed and validated as FastAPI does it: `json.loads`, then the
@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     args = ap.parse_args()
     if not (args.bundle / "manifest.json").is_file():
-        sys.exit(f"no bundle at {args.bundle}: run `uv run python bench/online.py --only health` once, or pass --bundle")
+        sys.exit(f"no bundle at {args.bundle}: run `.venv/bin/python bench/online.py --only health` once, or pass --bundle")
 
     from monitoring.feature_log import FeatureLogger, Served
     from serving.auth import ApiKeys
