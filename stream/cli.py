@@ -77,14 +77,15 @@ def run(repo, model_dir, version, consumer, count, block_ms, flush_s, metrics_po
                    + (f"; metrics on http://127.0.0.1:{metrics_port}/metrics" if metrics_port else ""), err=True)
         totals = {"read": 0, "applied": 0, "unchanged": 0, "dead": 0, "scored": 0}
         own = source.pending_of_mine(10_000)  # what this consumer read and did not acknowledge before it stopped
-        if own:
-            r = loop.step(deliveries=own)
-            click.echo(f"re-ran {len(own):,} events left unacknowledged by the previous run", err=True)
-            for k in totals:
-                totals[k] += getattr(r, k)
-        idle_since, lag_at = time.monotonic(), 0.0
+        idle_since, lag_at, waiting = time.monotonic(), 0.0, None
         while not stop.is_set():
-            r = loop.step(count, block_ms)
+            r = loop.step(count, block_ms, deliveries=own or None)  # its own first, once the views are loaded
+            if loop.waiting != waiting:
+                waiting = loop.waiting
+                click.echo(waiting or "the views are loaded in this Redis: consuming", err=True)
+            if own and r.read:
+                click.echo(f"re-ran {len(own):,} events left unacknowledged by the previous run", err=True)
+                own = []
             for k in totals:
                 totals[k] += getattr(r, k)
             now = time.monotonic()
@@ -111,7 +112,7 @@ def publish(customer_id, event_type, amount, when, event_id) -> None:
     from training.times import parse_time
 
     at = parse_time(when)
-    from stream.consumer import BadEvent, parse
+    from stream.state import BadEvent, parse
     from stream.source import EVENTS_STREAM
 
     fields = {"event_id": event_id if event_id is not None else time.time_ns() // 1000, "customer_id": customer_id,

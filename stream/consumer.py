@@ -28,7 +28,7 @@ each read-modify-write the same customer (shard the stream by customer for more)
 
 from __future__ import annotations
 
-import math
+import logging
 import os
 import threading
 import time
@@ -40,15 +40,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from online_store import watermark
 from online_store.materialize_engine import Pipeline, plan_view, write_rows
+from online_store.redis_layout import view_name
 from online_store.redis_server import store_client
 from online_store.served_runs import scores_view
 from serving.features import FeatureLookup, RedisReader
 from stream import metrics
 from stream.source import SCORES_STREAM, Delivery, EventSource
-from stream.state import EVENT_TYPES, FIELDS, SEATS_EVENTS, AccountState, Event, apply
+from stream.state import FIELDS, SEATS_EVENTS, AccountState, BadEvent, Event, apply, parse
 from training.score import score
 
+log = logging.getLogger("skewless.stream")
 STATE_VIEW = "account_state"
 PROFILE_VIEW = "customer_profile"  # a customer the online store has no profile for is unknown
 FUTURE_SKEW_S = 60.0  # an event time this far past the consumer's clock is refused
@@ -57,42 +60,6 @@ STATE_TYPE = pa.schema([
     ("live_seats", pa.int64()), ("seats_changed_at_us", pa.int64()), ("payment_failure_times_us", pa.list_(pa.int64())),
     ("support_ticket_times_us", pa.list_(pa.int64())), ("last_payment_failure_at_us", pa.int64()),
 ])
-
-
-class BadEvent(ValueError):
-    """An entry that cannot be applied; the message is the dead letter's reason."""
-
-
-def parse(fields: dict[str, str]) -> Event:
-    """An event from a stream entry's fields, or BadEvent naming what is wrong."""
-    try:
-        event_id, customer_id = int(fields["event_id"]), int(fields["customer_id"])
-        kind = fields["event_type"]
-        when = datetime.fromisoformat(fields["event_time"])
-    except KeyError as exc:
-        raise BadEvent(f"schema: missing field {exc.args[0]!r} (event_id, customer_id, event_type, event_time are required)") from None
-    except ValueError as exc:
-        raise BadEvent(f"schema: {exc}") from None
-    if customer_id < 0 or customer_id > 2**63 - 1:
-        raise BadEvent(f"schema: customer_id {customer_id} is outside 0..2^63-1")
-    if kind not in EVENT_TYPES:
-        raise BadEvent(f"schema: unknown event_type {kind!r} (one of {', '.join(EVENT_TYPES)})")
-    amount = fields.get("amount")
-    try:
-        value = None if amount in (None, "") else float(amount)
-    except ValueError:
-        raise BadEvent(f"schema: amount {amount!r} is not a number") from None
-    if value is not None and not math.isfinite(value):  # int(inf) would raise past the dead-letter path: a poison entry
-        raise BadEvent(f"schema: amount {amount!r} is not a finite number")
-    if kind in SEATS_EVENTS and (value is None or value < 0 or value != int(value)):
-        raise BadEvent(f"schema: {kind} needs the seats as a whole amount, got {'none' if amount is None else repr(amount)}")
-    when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-    return Event(event_id, customer_id, kind, _micros(when), value)
-
-
-def _micros(t: datetime) -> int:
-    """Microseconds since the epoch, exactly (a float timestamp would round them)."""
-    return int(t.replace(microsecond=0).timestamp()) * 1_000_000 + t.microsecond
 
 
 def _retention_us(view) -> int:
@@ -140,6 +107,12 @@ class Consumer:
         self.scores = scores_view(store)
         self.scores_plan = plan_view(store.config, self.scores) if self.scores is not None else None
         self.scores_dir = Path(FileSource.get_uri_for_file_path(store.repo_path, self.scores.batch_source.path)) if self.scores else None
+        # every view read here (the state folded into, the profiles that make a customer known, what
+        # scoring reads) must have been loaded into *this* Redis (online_store/watermark.py)
+        reads = {STATE_VIEW: self.state_view, PROFILE_VIEW: profile, **{v.name: v for v, _ in self.lookup.reads}}
+        self.needs = [(view_name(v, store.config), v) for v in reads.values()]
+        self.registry_id = watermark.registry_id(store.registry, store.project)
+        self.waiting: str | None = None  # why events are left on the bus for now, None while consuming
         self.pipe = Pipeline(self.client, "stream").__enter__()  # one connection for the writes, the script loaded once
         self._lock = threading.Lock()
         self._flushing: threading.Thread | None = None
@@ -148,6 +121,8 @@ class Consumer:
 
     # ------------------------------------------------------------------ one batch
     def step(self, count: int = 100, block_ms: int = 50, deliveries: list[Delivery] | None = None) -> BatchResult:
+        if self._not_loaded(block_ms):
+            return BatchResult()  # the events stay on the bus (or pending, claimed again later): none is lost
         deliveries = self.source.read(count, block_ms) if deliveries is None else deliveries
         result = BatchResult(read=len(deliveries))
         if deliveries:
@@ -159,6 +134,31 @@ class Consumer:
             self._flushing = threading.Thread(target=self.flush, name="stream-flush", daemon=True)
             self._flushing.start()
         return result
+
+    def _not_loaded(self, block_ms: int) -> bool:
+        """Whether a view the consumer reads is missing from this Redis (a new, flushed or replaced
+        one, or never materialized); then it waits `block_ms` and reads nothing.
+
+        An event folded into a state that is not there would start the customer's history over:
+        the new state (newer than anything offline) would then win over the full one, online at
+        the next materialization and offline at the next flush. Left on the bus, the events are
+        applied once `skewless materialize` has loaded the views. Checked before every read (one
+        HGETALL), so a flush between batches is caught at the next one.
+        """
+        marks = watermark.read_all(self.client, self.store.project)
+        missing: dict[str, list[str]] = {}  # why -> views
+        for name, v in self.needs:
+            if watermark.held(marks, name, v, self.registry_id) is None:
+                missing.setdefault(watermark.why_not_held(marks, name, v, self.registry_id), []).append(v.name)
+        reason = ("not consuming: " + "; ".join(f"{', '.join(views)}: {why}" for why, views in missing.items())
+                  + ": run `skewless materialize`") if missing else None
+        if reason != self.waiting:
+            log.info(reason or "the views are loaded in this Redis: consuming")  # `skewless stream run` prints it
+            metrics.WAITING.set(1 if reason else 0)
+            self.waiting = reason
+        if reason:
+            time.sleep(block_ms / 1000)
+        return reason is not None
 
     def settle(self) -> None:
         """Every staged row in the offline store now: the flush in flight, then one more."""

@@ -15,3 +15,4 @@ EVENTS = Counter("skewless_stream_events_total", "Events by outcome: applied, un
 DEAD_LETTERS = Counter("skewless_stream_dead_letters_total", "Dead letters by reason.", ["reason"])
 SCORES = Counter("skewless_stream_scores_total", "Scores published.")
 LAG = Gauge("skewless_stream_consumer_lag", "Entries in the stream not yet delivered to the consumer group.")
+WAITING = Gauge("skewless_stream_waiting", "1 while the consumer leaves events on the bus because a view it reads is not loaded in this Redis.")

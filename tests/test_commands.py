@@ -32,6 +32,7 @@ QUICK = [
     ["train", "--as-of", "soon"], ["score"], ["score", "--as-of", "yesterday-ish"], ["score", "--as-of", "now", "--customers", "/nonexistent"],
     ["score", "status", "--max-age", "soon"], ["score", "top", "-n", "0"], ["materialize", "--end", "soon"],
     ["materialize", "--lookback", "-1"], ["serve", "--workers", "0"], ["skew-report", "--since", "soon"],
+    ["stream", "publish", "--customer", "5", "--type", "refund_issued"],  # refused before the bus: the event's schema alone
 ]
 CHECK_IMPORTS = """
 import json, sys
@@ -96,7 +97,7 @@ def test_readme_walkthrough_runs_as_pasted(fresh_copy):
     assert "served rows differ from point-in-time truth" in r.stdout
     assert out.count("whole TTL window (no watermark") >= 4  # a new Redis, then the flushed one: 2 views each
     assert "from the watermark less the look-back" in r.stdout and "churn_v1" in r.stdout
-    assert "1 applied, 0 unchanged, 1 dead-lettered, 1 scores published" in r.stdout and "plan_changed needs the seats" in r.stdout
+    assert "1 applied, 0 unchanged, 1 dead-lettered, 1 scores published" in r.stdout and "unknown customer 999999999" in r.stdout
     assert not (fresh_copy / "registry.db").exists() and not (fresh_copy / "data" / "registry.db").exists()
 
 

@@ -269,3 +269,29 @@ def test_publish_refuses_what_the_consumer_would_dead_letter(env, streams):
     assert streams.xlen(EVENTS_STREAM) == 0
     r = CliRunner().invoke(main, ["stream", "publish", "--customer", "5", "--type", "plan_changed", "--amount", "3"])
     assert r.exit_code == 0 and streams.xlen(EVENTS_STREAM) == 1, r.output
+
+
+def test_a_replaced_redis_is_not_consumed_until_its_views_are_loaded(env, streams):
+    """An event folded into a state that is not there would start the customer's history over."""
+    (c,) = customers(env, 1, seed=55)
+    at = datetime.now(timezone.utc) - timedelta(seconds=3)
+    with throwaway_redis() as fresh:
+        saved = os.environ[REDIS_ENV]
+        os.environ[REDIS_ENV] = fresh.feast
+        try:
+            store = open_store(env.repo)
+            client = fresh.client()
+            publish(client, 1, c, "payment_failed", at)
+            loop = Consumer(store, env.bundle, RedisStreamSource(client, "c"), consumer="c", flush_s=3600)
+            r = loop.step(100, 10)
+            assert r.read == 0 and client.xlen(EVENTS_STREAM) == 1 and client.xlen(DEAD_STREAM) == 0
+            assert "account_state" in loop.waiting and "customer_profile" in loop.waiting and "skewless materialize" in loop.waiting
+            materialize(store, datetime.now(timezone.utc))
+            r = loop.step(100, 10)
+            assert (r.read, r.applied, r.dead) == (1, 1, 0) and loop.waiting is None, loop.waiting
+            loop.settle()
+            loop.close()
+            state = store.get_online_features(features=["account_state:payment_failure_times_us"], entity_rows=[{"customer_id": c}]).to_dict()
+            assert int(at.timestamp()) * 1_000_000 + at.microsecond in state["payment_failure_times_us"][0]
+        finally:
+            os.environ[REDIS_ENV] = saved
