@@ -37,6 +37,10 @@ def serve(host: str, port: int, workers: int, repo: Path | None, model_dir: Path
 
     if allow_open:
         os.environ["SKEWLESS_ALLOW_OPEN"] = "1"
+    # Workers read their settings from the environment when they start.
+    for name, value in (("SKEWLESS_REPO_PATH", repo), ("SKEWLESS_MODEL_DIR", model_dir), ("SKEWLESS_MODEL_VERSION", model_version)):
+        if value is not None:
+            os.environ[name] = str(Path(value).resolve() if isinstance(value, Path) else value)
     try:
         settings = Settings()
         keys = ApiKeys(settings.api_keys, settings.api_keys_file)
@@ -44,21 +48,23 @@ def serve(host: str, port: int, workers: int, repo: Path | None, model_dir: Path
         raise click.ClickException(str(exc)) from None
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise click.ClickException(f"setting SKEWLESS_{str(first['loc'][0]).upper()}: {first['msg']}") from None
+        raise click.ClickException(f"setting SKEWLESS_{str(first['loc'][0]).upper()}: {first['msg'].removeprefix('Value error, ')}") from None
     if not keys.configured and not is_loopback(host) and not settings.allow_open:
         raise click.ClickException(f"refusing to serve {host} with no API key: set SKEWLESS_API_KEYS or SKEWLESS_API_KEYS_FILE "
                                    "(`skewless api-key --file FILE` makes one), or pass --allow-open to run open")
     taken = _cannot_bind(host, port)
     if taken:  # before a private Redis is started and loaded for nothing
         raise click.ClickException(f"cannot listen on {host}:{port}: {taken}")
+    from training.bundle import BundleError, load_bundle
+
+    try:  # what each worker loads, checked once here: a missing or altered bundle is one line, not a worker's traceback
+        load_bundle(settings.model_version, settings.model_dir)
+    except BundleError as exc:
+        raise click.ClickException(str(exc)) from None
     import uvicorn
 
     from online_store.redis_server import redis_for_feast
 
-    # Workers read their settings from the environment when they start.
-    for name, value in (("SKEWLESS_REPO_PATH", repo), ("SKEWLESS_MODEL_DIR", model_dir), ("SKEWLESS_MODEL_VERSION", model_version)):
-        if value is not None:
-            os.environ[name] = str(Path(value).resolve() if isinstance(value, Path) else value)
     metrics_dir = None
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # one /metrics for all workers (prometheus-client multiprocess mode, set before they start)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from training.paths import FEATURE_LOG_DIR, MODEL_DIR, REPO_DIR
@@ -47,3 +47,12 @@ class Settings(BaseSettings):
     feature_log_flush_s: float = Field(1.0, gt=0, description="How often buffered rows are written (a Parquet row group).")
     feature_log_rotate_rows: int = Field(1_000_000, gt=0, description="Rows per file before a new file starts.")
     feature_log_rotate_s: float = Field(300.0, gt=0, description="Seconds per file before a new file starts.")
+
+    @field_validator("feature_max_lag", "score_max_age")
+    @classmethod
+    def _budgets(cls, value: str | None) -> str | None:
+        """`36h` or `name=36h,other=3d`, read as the service reads it, so a bad one stops start-up with its reason."""
+        from online_store.watermark import parse_budgets
+
+        parse_budgets(value)  # ValueError naming the budget and the expected form
+        return value
