@@ -53,6 +53,7 @@ from training.score import score
 
 log = logging.getLogger("skewless.online")
 STORE_ERRORS = (redis.RedisError, OSError)
+NOT_LOADED_CACHE_S = 1.0  # how long "this Redis holds the views" is taken as read, for not-found answers
 
 
 class ServiceMetrics:
@@ -103,6 +104,7 @@ class Service:
     breaker: Breaker
     batcher: PredictBatcher  # POST /predict's dynamic batching (serving/batching.py)
     rollout_problem: str | None = None  # the last bundle refused at a rollout, while the old one serves
+    _not_loaded: tuple[float, str | None] = (float("-inf"), None)  # (when checked, why): see views_not_loaded
 
     # the current model's parts, for readers that do not care about a swap in between
     bundle = property(lambda self: self.model.bundle)
@@ -138,6 +140,14 @@ class Service:
         found = got.found
         n, n_found = len(customer_ids), sum(found)
         if n_found < n:
+            try:
+                missing = self.views_not_loaded(m)
+            except STORE_ERRORS as exc:
+                ERRORS.labels(kind="online_store").inc()
+                raise self.breaker.failure(exc) from exc
+            if missing:  # "no features for this customer" would be a lie: this Redis holds none yet
+                ERRORS.labels(kind="features_not_loaded").inc()
+                raise StoreUnavailable(f"the online store does not hold the features yet: {missing}")
             m.metrics.not_found.inc(n - n_found)
         if n_found == 0:
             return [Prediction.model_construct(customer_id=c, status="not_found") for c in customer_ids]
@@ -246,6 +256,24 @@ class Service:
                     f"{watermark.format_age(age)} old, over its freshness budget of {watermark.format_age(limit)}: "
                     "the batch schedule is behind"), info
         return None, info
+
+    def views_not_loaded(self, m: Model) -> str | None:
+        """Which views the model reads this Redis holds no watermark for (a new, flushed or replaced
+        Redis), or None. Asked only when a customer has no features, so that a 404 says what it
+        means (this customer, not this Redis); remembered for NOT_LOADED_CACHE_S, which bounds
+        the cost to one HMGET a second whatever the rate of unknown IDs.
+        """
+        checked_at, missing = self._not_loaded
+        now = time.monotonic()
+        if now - checked_at < NOT_LOADED_CACHE_S:
+            return missing
+        w = m.watched
+        raw = store_client(self.store).hmget(watermark.key(w.project), [name for name, _, _ in w.views])
+        marks = {n: mk for (n, _, _), r in zip(w.views, raw) if r and (mk := watermark.Watermark.from_json(n, r)) is not None}
+        gone = [v.name for name, v, _ in w.views if watermark.held(marks, name, v, w.registry) is None]
+        missing = f"{', '.join(gone)} not materialized into this Redis: run `skewless materialize`" if gone else None
+        self._not_loaded = (now, missing)
+        return missing
 
     def freshness(self) -> watermark.Freshness:
         """The watermarks of the views the bundle needs, read from Redis now; sets the age gauges."""

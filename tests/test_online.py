@@ -174,7 +174,8 @@ def test_redis_down_fails_fast_and_recovers(live, known, tmp_path, monkeypatch):
         with throwaway_redis(port):  # a Redis is back on the same port, empty: no restart of the app needed
             r = c.get("/ready")
             assert r.status_code == 503 and "no watermark" in r.json()["reason"]
-            assert c.post("/predict", json={"customer_id": known["fresh"]}).status_code == 404  # empty, but answering
+            r = c.post("/predict", json={"customer_id": known["fresh"]})  # answering, but empty: not a 404 for this customer
+            assert r.status_code == 503 and "not materialized into this Redis" in r.json()["detail"], r.text
 
 
 def test_feature_log_is_flushed_on_shutdown(live, known, tmp_path):

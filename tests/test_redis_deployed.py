@@ -104,6 +104,9 @@ def test_password_acl_and_tls_serve_what_the_plain_setup_serves(live, sample, se
 @pytest.mark.parametrize("command", [["materialize"], ["serve", "--port", "0"]])
 def test_wrong_credentials_fail_with_one_line_and_no_secret(live, secured, monkeypatch, command):
     monkeypatch.setenv("REDIS_URL", secured["wrong_url"])
+    # what `serve --repo` would put into this process's environment, set (and undone) here; a bundle to serve
+    monkeypatch.setenv("SKEWLESS_REPO_PATH", str(live.repo))
+    monkeypatch.setenv("SKEWLESS_MODEL_DIR", str(live.model_dir))
     r = CliRunner().invoke(main, [*command, "--repo", str(live.repo)])
     assert r.exit_code == 1, r.output
     lines = r.output.strip().splitlines()
