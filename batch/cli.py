@@ -261,7 +261,7 @@ def _print_summary(s, db: Path, parquet_root: Path) -> None:
         per_task = sorted(c["rows"] / max(c["retrieve"] + c["score"], 1e-9) for c in s.chunk_seconds)
         workers = {c["pid"]: c["rss_mb"] for c in s.chunk_seconds}
         nodes = {c["node"] for c in s.chunk_seconds}
-        click.echo(f"  ray tasks: {len(s.chunk_seconds)} range(s) on {len(workers)} worker process(es) on {len(nodes)} node(s), median {per_task[len(per_task) // 2]:,.0f} rows/s a task, "
+        click.echo(f"  ray tasks: {len(s.chunk_seconds)} range{'' if len(s.chunk_seconds) == 1 else 's'} on {len(workers)} worker process(es) on {len(nodes)} node(s), median {per_task[len(per_task) // 2]:,.0f} rows/s a task, "
                    f"worker RSS MB max {max(workers.values()):,.0f}")
     key_file = RunKey(*s.model.split("/", 1), s.as_of.replace(tzinfo=None))
     click.echo(f"  outputs: {db} (table {TABLE}), {parquet_root / TABLE / key_file.partition / key_file.file_name}")

@@ -268,8 +268,7 @@ class Service:
         if now - checked_at < NOT_LOADED_CACHE_S:
             return missing
         w = m.watched
-        raw = store_client(self.store).hmget(watermark.key(w.project), [name for name, _, _ in w.views])
-        marks = {n: mk for (n, _, _), r in zip(w.views, raw) if r and (mk := watermark.Watermark.from_json(n, r)) is not None}
+        marks = watermark.read_views(store_client(self.store), w.project, [name for name, _, _ in w.views])
         gone = [v.name for name, v, _ in w.views if watermark.held(marks, name, v, w.registry) is None]
         missing = f"{', '.join(gone)} not materialized into this Redis: run `skewless materialize`" if gone else None
         self._not_loaded = (now, missing)

@@ -114,7 +114,7 @@ class Consumer:
         self.needs = [(view_name(v, store.config), v) for v in reads.values()]
         self.registry_id = watermark.registry_id(store.registry, store.project)
         self.waiting: str | None = None  # why events are left on the bus for now, None while consuming
-        self._marks_seen: list | None = None  # the watermarks as last read (raw): unchanged, the verdict stands
+        self._marks_seen: dict | None = None  # the watermarks as last read: unchanged, the verdict stands
         self._checked_at = float("-inf")
         self.pipe = Pipeline(self.client, "stream").__enter__()  # one connection for the writes, the script loaded once
         self._lock = threading.Lock()
@@ -146,8 +146,8 @@ class Consumer:
         the new state (newer than anything offline) would then win over the full one, online at
         the next materialization and offline at the next flush. Left on the bus, the events are
         applied once `skewless materialize` has loaded the views. Checked at most every
-        CHECK_LOADED_S while consuming (one HMGET, ~0.2 ms here, parsed only when a watermark
-        changed), before every read while waiting. A flush between two checks costs nothing
+        CHECK_LOADED_S while consuming (one HMGET, ~0.2 ms here; judged again only when a
+        watermark changed), before every read while waiting. A flush between two checks costs nothing
         worse: its customers have no profile left, so their events are dead-lettered as unknown
         (`skewless stream replay` brings them back), not folded into an empty state.
         """
@@ -155,12 +155,10 @@ class Consumer:
         if self.waiting is None and now - self._checked_at < CHECK_LOADED_S:
             return False
         self._checked_at = now
-        names = [name for name, _ in self.needs]
-        raw = self.client.hmget(watermark.key(self.store.project), names)
+        marks = watermark.read_views(self.client, self.store.project, [name for name, _ in self.needs])
         reason = self.waiting
-        if raw != self._marks_seen:
-            self._marks_seen = raw
-            marks = {n: m for n, r in zip(names, raw) if r and (m := watermark.Watermark.from_json(n, r)) is not None}
+        if marks != self._marks_seen:
+            self._marks_seen = marks
             missing: dict[str, list[str]] = {}  # why -> views
             for name, v in self.needs:
                 if watermark.held(marks, name, v, self.registry_id) is None:
