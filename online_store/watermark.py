@@ -94,12 +94,6 @@ def read_all(client, project: str) -> dict[str, Watermark]:
     return out
 
 
-def read_views(client, project: str, names: list[str]) -> dict[str, Watermark]:
-    """The watermarks of the views `names` only (one HMGET): what a per-batch or per-answer check reads."""
-    raw = client.hmget(key(project), names) if names else []
-    return {n: m for n, r in zip(names, raw) if r and (m := Watermark.from_json(n, r)) is not None}
-
-
 def advance(client, project: str, mark: Watermark) -> bool:
     """Store `mark` unless this Redis already holds a later one for the same registry and definition."""
     return bool(client.eval(ADVANCE_LUA, 1, key(project), mark.view, _micros(mark.end), mark.registry, mark.definition, mark.to_json()))

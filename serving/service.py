@@ -141,7 +141,7 @@ class Service:
         n, n_found = len(customer_ids), sum(found)
         if n_found < n:
             try:
-                missing = self.views_not_loaded(m)
+                missing = self.views_not_loaded()
             except STORE_ERRORS as exc:
                 ERRORS.labels(kind="online_store").inc()
                 raise self.breaker.failure(exc) from exc
@@ -257,19 +257,17 @@ class Service:
                     "the batch schedule is behind"), info
         return None, info
 
-    def views_not_loaded(self, m: Model) -> str | None:
+    def views_not_loaded(self) -> str | None:
         """Which views the model reads this Redis holds no watermark for (a new, flushed or replaced
         Redis), or None. Asked only when a customer has no features, so that a 404 says what it
         means (this customer, not this Redis); remembered for NOT_LOADED_CACHE_S, which bounds
-        the cost to one HMGET a second whatever the rate of unknown IDs.
+        the cost to one read of the watermarks a second whatever the rate of unknown IDs.
         """
         checked_at, missing = self._not_loaded
         now = time.monotonic()
         if now - checked_at < NOT_LOADED_CACHE_S:
             return missing
-        w = m.watched
-        marks = watermark.read_views(store_client(self.store), w.project, [name for name, _, _ in w.views])
-        gone = [v.name for name, v, _ in w.views if watermark.held(marks, name, v, w.registry) is None]
+        gone = [view for view, age in self.freshness().ages.items() if age is None]  # no watermark that counts
         missing = f"{', '.join(gone)} not materialized into this Redis: run `skewless materialize`" if gone else None
         self._not_loaded = (now, missing)
         return missing

@@ -111,10 +111,9 @@ class Consumer:
         # every view read here (the state folded into, the profiles that make a customer known, what
         # scoring reads) must have been loaded into *this* Redis (online_store/watermark.py)
         reads = {STATE_VIEW: self.state_view, PROFILE_VIEW: profile, **{v.name: v for v, _ in self.lookup.reads}}
-        self.needs = [(view_name(v, store.config), v) for v in reads.values()]
+        self.needs = [(view_name(v, store.config), v, None) for v in reads.values()]  # (name in Redis, view, no budget)
         self.registry_id = watermark.registry_id(store.registry, store.project)
         self.waiting: str | None = None  # why events are left on the bus for now, None while consuming
-        self._marks_seen: dict | None = None  # the watermarks as last read: unchanged, the verdict stands
         self._checked_at = float("-inf")
         self.pipe = Pipeline(self.client, "stream").__enter__()  # one connection for the writes, the script loaded once
         self._lock = threading.Lock()
@@ -146,8 +145,8 @@ class Consumer:
         the new state (newer than anything offline) would then win over the full one, online at
         the next materialization and offline at the next flush. Left on the bus, the events are
         applied once `skewless materialize` has loaded the views. Checked at most every
-        CHECK_LOADED_S while consuming (one HMGET, ~0.2 ms here; judged again only when a
-        watermark changed), before every read while waiting. A flush between two checks costs nothing
+        CHECK_LOADED_S while consuming (one HGETALL, ~0.3 ms here), before every read while
+        waiting. A flush between two checks costs nothing
         worse: its customers have no profile left, so their events are dead-lettered as unknown
         (`skewless stream replay` brings them back), not folded into an empty state.
         """
@@ -155,16 +154,9 @@ class Consumer:
         if self.waiting is None and now - self._checked_at < CHECK_LOADED_S:
             return False
         self._checked_at = now
-        marks = watermark.read_views(self.client, self.store.project, [name for name, _ in self.needs])
-        reason = self.waiting
-        if marks != self._marks_seen:
-            self._marks_seen = marks
-            missing: dict[str, list[str]] = {}  # why -> views
-            for name, v in self.needs:
-                if watermark.held(marks, name, v, self.registry_id) is None:
-                    missing.setdefault(watermark.why_not_held(marks, name, v, self.registry_id), []).append(v.name)
-            reason = ("not consuming: " + "; ".join(f"{', '.join(views)}: {why}" for why, views in missing.items())
-                      + ": run `skewless materialize`") if missing else None
+        marks = watermark.read_all(self.client, self.store.project)
+        problems = watermark.check(marks, self.needs, self.registry_id, datetime.now(timezone.utc)).problems
+        reason = f"not consuming: {'; '.join(problems)}" if problems else None
         if reason != self.waiting:
             log.info(reason or "the views are loaded in this Redis: consuming")  # `skewless stream run` prints it
             metrics.WAITING.set(1 if reason else 0)
