@@ -130,6 +130,9 @@ class Service:
         self.breaker.check()
         try:
             got = m.lookup.lookup(customer_ids, now)
+            found = got.found
+            n, n_found = len(customer_ids), sum(found)
+            missing = self.views_not_loaded() if n_found < n else None  # asked on not-found answers only
         except STORE_ERRORS as exc:
             ERRORS.labels(kind="online_store").inc()
             raise self.breaker.failure(exc) from exc
@@ -137,14 +140,7 @@ class Service:
         FEATURE_LOOKUP.observe(got.read_s)
         ON_DEMAND.observe(got.transform_s)
 
-        found = got.found
-        n, n_found = len(customer_ids), sum(found)
         if n_found < n:
-            try:
-                missing = self.views_not_loaded()
-            except STORE_ERRORS as exc:
-                ERRORS.labels(kind="online_store").inc()
-                raise self.breaker.failure(exc) from exc
             if missing:  # "no features for this customer" would be a lie: this Redis holds none yet
                 ERRORS.labels(kind="features_not_loaded").inc()
                 raise StoreUnavailable(f"the online store does not hold the features yet: {missing}")

@@ -146,9 +146,9 @@ class Consumer:
         the next materialization and offline at the next flush. Left on the bus, the events are
         applied once `skewless materialize` has loaded the views. Checked at most every
         CHECK_LOADED_S while consuming (one HGETALL, ~0.3 ms here), before every read while
-        waiting. A flush between two checks costs nothing
-        worse: its customers have no profile left, so their events are dead-lettered as unknown
-        (`skewless stream replay` brings them back), not folded into an empty state.
+        waiting. A flush between two checks costs nothing worse: its customers have no profile
+        left, so their events are dead-lettered as unknown (`skewless stream replay` brings them
+        back), not folded into an empty state.
         """
         now = time.monotonic()
         if self.waiting is None and now - self._checked_at < CHECK_LOADED_S:
