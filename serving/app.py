@@ -114,8 +114,9 @@ ERROR_RESPONSES = {
     413: {"model": ErrorResponse, "description": "Body larger than the limit (SKEWLESS_MAX_BODY_BYTES), however it is framed."},
     422: {"model": InvalidRequest, "description": "Invalid body: wrong types, missing or unknown fields, IDs outside 0..2^63-1, "
                                                    "too many IDs, malformed JSON. Echoed inputs are capped."},
-    503: {"model": ErrorResponse, "description": "The online store (Redis) is not answering, or (/predict) holds no features yet: "
-                                                   "a new or flushed Redis, not materialized; retry later."},
+    503: {"model": ErrorResponse, "description": "The online store (Redis) is not answering, or holds none of the "
+                                                   "features (/predict) or scores (/scores) yet: a new or flushed Redis, not "
+                                                   "materialized; retry later."},
 }
 MAX_ECHO_ITEMS = 10  # list items or dict keys a 422 repeats of the input
 MAX_ECHO_CHARS = 200

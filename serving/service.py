@@ -18,7 +18,7 @@ import gc
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -104,7 +104,7 @@ class Service:
     breaker: Breaker
     batcher: PredictBatcher  # POST /predict's dynamic batching (serving/batching.py)
     rollout_problem: str | None = None  # the last bundle refused at a rollout, while the old one serves
-    _not_loaded: tuple[float, str | None] = (float("-inf"), None)  # (when checked, why): see views_not_loaded
+    _not_loaded: dict = field(default_factory=dict)  # route -> (when checked, why): see views_not_loaded
 
     # the current model's parts, for readers that do not care about a swap in between
     bundle = property(lambda self: self.model.bundle)
@@ -201,10 +201,14 @@ class Service:
         self.breaker.check()
         try:
             out = m.scores.get(customer_ids, datetime.now(timezone.utc))
+            missing = self.views_not_loaded("scores") if any(s.status == "not_found" for s in out) else None
         except STORE_ERRORS as exc:
             ERRORS.labels(kind="online_store").inc()
             raise self.breaker.failure(exc) from exc
         self.breaker.success()
+        if missing:  # "no stored score for this customer" would be a lie: this Redis holds none yet
+            ERRORS.labels(kind="scores_not_loaded").inc()
+            raise StoreUnavailable(f"the online store does not hold the scores yet: {missing}")
         for s in out:
             m.metrics.score_answers["current" if s.status == "ok" else s.status].inc()
         return out
@@ -253,19 +257,27 @@ class Service:
                     "the batch schedule is behind"), info
         return None, info
 
-    def views_not_loaded(self) -> str | None:
-        """Which views the model reads this Redis holds no watermark for (a new, flushed or replaced
-        Redis), or None. Asked only when a customer has no features, so that a 404 says what it
-        means (this customer, not this Redis); remembered for NOT_LOADED_CACHE_S, which bounds
-        the cost to one read of the watermarks a second whatever the rate of unknown IDs.
+    def views_not_loaded(self, route: str = "predict") -> str | None:
+        """Which views a route reads (`predict`: the model's features; `scores`: the scores view)
+        this Redis holds no watermark for (a new, flushed or replaced Redis), or None. Asked only
+        when a customer has no features or no score, so that a 404 says what it means (this
+        customer, not this Redis); remembered for NOT_LOADED_CACHE_S, which bounds the cost to one
+        read of the watermarks a second whatever the rate of unknown IDs.
         """
-        checked_at, missing = self._not_loaded
+        checked_at, missing = self._not_loaded.get(route, (float("-inf"), None))
         now = time.monotonic()
         if now - checked_at < NOT_LOADED_CACHE_S:
             return missing
-        gone = [view for view, age in self.freshness().ages.items() if age is None]  # no watermark that counts
-        missing = f"{', '.join(gone)} not materialized into this Redis: run `skewless materialize`" if gone else None
-        self._not_loaded = (now, missing)
+        if route == "scores":
+            marks = watermark.read_all(store_client(self.store), self.watched.project)
+            view = self.scores.view
+            gone = [] if watermark.held(marks, view_name(view, self.store.config), view, self.watched.registry) else [view.name]
+            fix = "run `skewless score --as-of now` with this Redis named (REDIS_URL), or `skewless materialize`"
+        else:
+            gone = [view for view, age in self.freshness().ages.items() if age is None]  # no watermark that counts
+            fix = "run `skewless materialize`"
+        missing = f"{', '.join(gone)} not materialized into this Redis: {fix}" if gone else None
+        self._not_loaded[route] = (now, missing)
         return missing
 
     def freshness(self) -> watermark.Freshness:

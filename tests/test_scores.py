@@ -172,13 +172,18 @@ def test_bad_batch_bodies_are_422(repo, live, redis, tmp_path, body):
         assert c.post("/scores/batch", json=body).status_code == 422
 
 
-def test_status_checks_the_online_copy(repo, live, redis, db):
+def test_status_and_the_service_see_a_flushed_redis(repo, live, redis, db, tmp_path):
     assert score(repo, live, db, "--as-of", "now").exit_code == 0
     status = CliRunner().invoke(main, ["score", "status", "--db", str(db), "--repo", str(repo)])
     assert status.exit_code == 0 and "serves the same full run" in status.output, status.output
+    cid = next(iter(rows(db)))
     redis.client().flushall()
     behind = CliRunner().invoke(main, ["score", "status", "--db", str(db), "--repo", str(repo)])
     assert behind.exit_code == 1 and "serves no full run" in behind.output and "skewless materialize" in behind.output
+    with client(repo, live, tmp_path) as c:  # "customer has no stored score" would be a lie: this Redis holds none
+        for r in (c.get(f"/scores/{cid}"), c.post("/scores/batch", json={"customer_ids": [cid]})):
+            assert r.status_code == 503 and "churn_scores not materialized into this Redis" in r.json()["detail"], r.text
+            assert r.headers["Retry-After"] == "1"
 
 
 def test_a_redis_where_no_run_was_published_is_ready_for_predict_not_for_scores(repo, live, redis, db, tmp_path):
