@@ -51,6 +51,8 @@ def run(repo, model_dir, version, consumer, count, block_ms, flush_s, metrics_po
     """Consume account events until SIGTERM or Ctrl-C (the batch in flight is finished first)."""
     if flush_s <= 0:
         raise click.ClickException(f"--flush-s must be positive, got {flush_s:g}")
+    if until_idle is not None and until_idle < 0:
+        raise click.ClickException(f"--until-idle must be 0 or more seconds, got {until_idle:g}")
     from online_store.redis_server import store_client
     from stream.consumer import Consumer
     from stream.source import RedisStreamSource
@@ -112,7 +114,7 @@ def publish(customer_id, event_type, amount, when, event_id) -> None:
     from training.times import parse_time
 
     at = parse_time(when)
-    from stream.state import BadEvent, parse
+    from stream.state import FUTURE_SKEW_S, BadEvent, parse
     from stream.source import EVENTS_STREAM
 
     fields = {"event_id": event_id if event_id is not None else time.time_ns() // 1000, "customer_id": customer_id,
@@ -123,6 +125,8 @@ def publish(customer_id, event_type, amount, when, event_id) -> None:
         parse({k: str(v) for k, v in fields.items()})  # what the consumer would dead-letter is refused here
     except BadEvent as exc:
         raise click.ClickException(f"not sent: {str(exc).removeprefix('schema: ')}") from None
+    if at.timestamp() > time.time() + FUTURE_SKEW_S:
+        raise click.ClickException(f"not sent: event time {at.isoformat()} is in the future: the consumer would set it aside")
     with _named_redis() as endpoint:
         fields["sent_at_us"] = time.time_ns() // 1000
         entry = endpoint.client().xadd(EVENTS_STREAM, fields).decode()

@@ -48,14 +48,13 @@ from online_store.served_runs import scores_view
 from serving.features import FeatureLookup, RedisReader
 from stream import metrics
 from stream.source import SCORES_STREAM, Delivery, EventSource
-from stream.state import FIELDS, SEATS_EVENTS, AccountState, BadEvent, Event, apply, parse
+from stream.state import FIELDS, FUTURE_SKEW_S, SEATS_EVENTS, AccountState, BadEvent, Event, apply, parse
 from training.score import score
 
 log = logging.getLogger("skewless.stream")
 STATE_VIEW = "account_state"
 PROFILE_VIEW = "customer_profile"  # a customer the online store has no profile for is unknown
 CHECK_LOADED_S = 0.1  # how often a consuming consumer checks that this Redis still holds the views it reads
-FUTURE_SKEW_S = 60.0  # an event time this far past the consumer's clock is refused
 STATE_TYPE = pa.schema([
     ("customer_id", pa.int64()), ("event_timestamp", pa.timestamp("us", tz="UTC")), ("created", pa.timestamp("us", tz="UTC")),
     ("live_seats", pa.int64()), ("seats_changed_at_us", pa.int64()), ("payment_failure_times_us", pa.list_(pa.int64())),

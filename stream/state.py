@@ -35,6 +35,7 @@ SEATS_EVENTS = ("account_opened", "plan_changed")  # `amount` is the seats from 
 STATE_EVENTS = (PAYMENT_FAILED, TICKET_OPENED, *SEATS_EVENTS)
 # Every event type the log has; the ones not in STATE_EVENTS reach the daily ETL, not the live state.
 EVENT_TYPES = (*STATE_EVENTS, "session", "usage", "telemetry_gap", "account_cancelled")
+FUTURE_SKEW_S = 60.0  # an event time this far past the consumer's clock is refused (dead-lettered; not sent by publish)
 FIELDS = ("live_seats", "seats_changed_at_us", "payment_failure_times_us", "support_ticket_times_us", "last_payment_failure_at_us")
 
 

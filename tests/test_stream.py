@@ -263,7 +263,8 @@ def test_publish_refuses_what_the_consumer_would_dead_letter(env, streams):
     from training.cli import main
 
     for args, expected in ((["--type", "refund_issued"], "unknown event_type"), (["--type", "plan_changed"], "needs the seats"),
-                           (["--type", "plan_changed", "--amount", "inf"], "not a finite number")):
+                           (["--type", "plan_changed", "--amount", "inf"], "not a finite number"),
+                           (["--type", "payment_failed", "--time", "2099-01-01"], "is in the future")):
         r = CliRunner().invoke(main, ["stream", "publish", "--customer", "5", *args])
         assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1 and expected in r.output, r.output
     assert streams.xlen(EVENTS_STREAM) == 0
