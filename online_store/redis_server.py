@@ -44,8 +44,8 @@ class RedisUnavailable(RuntimeError):
 TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
-class RedisAuthFailed(RedisUnavailable):
-    """The Redis answers but refuses these credentials (wrong password or ACL user): not transient."""
+class RedisRefused(RedisUnavailable):
+    """The Redis answers but refuses to serve: wrong credentials (password, ACL user) or no such db; not transient."""
 
 
 @dataclass(frozen=True)
@@ -73,14 +73,14 @@ class RedisEndpoint:
     @classmethod
     def from_url(cls, url: str) -> "RedisEndpoint":
         parsed = urlparse(url)
-        if parsed.scheme not in ("redis", "rediss", ""):
+        if parsed.scheme not in ("redis", "rediss") or not parsed.netloc:
             raise RedisUnavailable("REDIS_URL must look like redis://[user:password@]host:port/db or rediss://... for TLS "
-                                   f"(got scheme {parsed.scheme!r})")
+                                   f"(got {'scheme ' + repr(parsed.scheme) if parsed.scheme else 'no redis:// scheme'})")
         try:
             db = int(parsed.path.lstrip("/") or 0)
             port = parsed.port or 6379
         except ValueError:
-            raise RedisUnavailable("REDIS_URL: the port and the db must be numbers, as in redis://host:6379/0") from None
+            raise RedisUnavailable("REDIS_URL: the port (1..65535) and the db must be numbers, as in redis://host:6379/0") from None
         query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
         unknown = sorted(set(query) - set(TLS_FILES))
         if unknown:
@@ -95,7 +95,12 @@ class RedisEndpoint:
         head, *params = conn.split(",")
         host, _, port = head.partition(":")
         kv = dict(p.split("=", 1) for p in params if "=" in p)
-        return cls(host or "127.0.0.1", int(port or 6379), int(kv.get("db", 0)), kv.get("password"), username=kv.get("username"),
+        try:
+            port_no, db = int(port or 6379), int(kv.get("db", 0))
+        except ValueError:
+            raise RedisUnavailable(f"{REDIS_ENV} must look like host:port,db=0[,username=...,password=...,ssl=true]: "
+                                   "the port and the db must be numbers") from None
+        return cls(host or "127.0.0.1", port_no, db, kv.get("password"), username=kv.get("username"),
                    tls=kv.get("ssl", "false").lower() == "true", **{k: kv.get(k) for k in TLS_FILES})
 
     @property
@@ -129,15 +134,18 @@ class RedisEndpoint:
     def ping(self) -> bool:
         try:
             return bool(self.client(timeout=0.5).ping())
-        except RedisAuthFailed:
+        except RedisRefused:
             raise
         except redis.AuthenticationError:
-            raise RedisAuthFailed(f"redis {self.where} refused the credentials (named by {configured_by()}): "
+            raise RedisRefused(f"redis {self.where} refused the credentials (named by {configured_by()}): "
                                   "check the user and password") from None
         except redis.ResponseError as exc:
             if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc) or "NOPERM" in str(exc):
-                raise RedisAuthFailed(f"redis {self.where} needs other credentials (named by {configured_by()}): "
+                raise RedisRefused(f"redis {self.where} needs other credentials (named by {configured_by()}): "
                                       f"{str(exc).split('.')[0]}") from None
+            if "DB index" in str(exc):  # answers, but has no such db: not transient either
+                raise RedisRefused(f"redis {self.where} has no db {self.db} (named by {configured_by()}): it has `databases` "
+                                      "of them (16 by default), numbered from 0") from None
             return False
         except (redis.RedisError, OSError):
             return False

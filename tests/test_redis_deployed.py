@@ -112,3 +112,13 @@ def test_wrong_credentials_fail_with_one_line_and_no_secret(live, secured, monke
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and "credentials" in lines[0], r.output
     assert USER_PASSWORD not in r.output and "wrong-" not in r.output and PASSWORD not in r.output
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("127.0.0.1:6379", "REDIS_URL must look like redis://"), ("http://127.0.0.1:6379/0", "got scheme 'http'"),
+    ("redis://127.0.0.1:99999/0", "the port (1..65535) and the db must be numbers"), ("redis://127.0.0.1:{port}/99", "has no db 99"),
+])
+def test_a_misspelled_redis_url_fails_with_one_line(live, redis_endpoint, monkeypatch, url, expected):
+    monkeypatch.setenv("REDIS_URL", url.format(port=redis_endpoint.port))
+    r = CliRunner().invoke(main, ["materialize", "--repo", str(live.repo)])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1 and expected in r.output, r.output
