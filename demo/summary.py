@@ -31,10 +31,16 @@ def demo_summary(started: str | None) -> None:
     """Summarize the demo: what ran, where the outputs are, the skew result, what to try next."""
     from batch.status import latest_runs
     from demo.online import RESULT
-    from training.bundle import DEFAULT_MODEL_DIR, load_bundle
+    from training.bundle import DEFAULT_MODEL_DIR, BundleError, load_bundle
     from training.times import parse_time
 
-    bundle = load_bundle("latest", DEFAULT_MODEL_DIR)
+    try:
+        bundle = load_bundle("latest", DEFAULT_MODEL_DIR)
+    except BundleError as exc:
+        raise click.ClickException(f"nothing to summarize: {exc}; `make demo` runs every step, then this") from None
+    for step, path in (("the online demo", RESULT), ("the skew report", REPORT.with_suffix(".json"))):
+        if not path.is_file():
+            raise click.ClickException(f"nothing to summarize: {step} has not run ({_rel(path)} is missing); `make demo` runs every step")
     runs = latest_runs(PREDICTIONS_DB)
     online = json.loads(RESULT.read_text())
     report = json.loads(REPORT.with_suffix(".json").read_text())

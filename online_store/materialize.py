@@ -141,7 +141,10 @@ def materialize_command(end: str, lookback: float, full: bool, repo: Path) -> No
     from training.store import open_store
 
     with redis_for_feast() as endpoint:
-        summary = materialize(open_store(repo), when, timedelta(days=lookback), full)
+        store = open_store(repo)  # inside: the store's connection string is the endpoint's
+        if not any(v.online for v in store.list_feature_views()):
+            raise click.ClickException(f"no online feature views in the registry of {repo}: nothing to materialize; run `skewless apply` first")
+        summary = materialize(store, when, timedelta(days=lookback), full)
         keys = endpoint.client().dbsize()
     now = datetime.now(timezone.utc)
     runs = {r.view: r for r in summary["runs"]}

@@ -86,6 +86,20 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["materialize"], "run `skewless apply` first"), (["train"], "run `skewless generate` and `skewless apply` first"),
+    (["score", "--as-of", "now"], "run `skewless train`"), (["serve", "--port", "0"], "run `skewless train`"),
+    (["demo-summary"], "`make demo` runs every step"),
+])
+def test_a_new_checkout_says_what_to_run_first(fresh_copy, argv, expected):
+    """Before the walkthrough below runs in the same copy: nothing generated, applied or trained yet."""
+    assert not (fresh_copy / "models").exists(), "run this before the walkthrough"
+    r = subprocess.run([str(fresh_copy / ".venv" / "bin" / "skewless"), *argv], cwd=fresh_copy, env=clean_env(),
+                       capture_output=True, text=True, timeout=120)
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and expected in lines[0], r.stdout + r.stderr
+
+
 def test_readme_walkthrough_runs_as_pasted(fresh_copy):
     blocks = readme_blocks()
     assert len(blocks) == 2

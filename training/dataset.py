@@ -62,7 +62,10 @@ def load_labels(repo_path: Path, as_of: datetime | None = None, max_rows: int | 
     outcome of later labels. `max_rows` samples whole customers (stable under the seed) so a
     customer's label history stays together.
     """
-    labels = pd.read_parquet(Path(repo_path) / "data" / LABELS_FILE)
+    path = Path(repo_path) / "data" / LABELS_FILE
+    if not path.is_file():
+        raise ValueError(f"no labels to train on: {path} is missing; run `skewless generate` and `skewless apply` first")
+    labels = pd.read_parquet(path)
     if as_of is not None:
         labels = labels[labels["event_timestamp"] + timedelta(days=LABEL_HORIZON_DAYS) <= as_of]
     if labels.empty:
