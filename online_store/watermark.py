@@ -24,11 +24,11 @@ service is not ready until it has (serving/service.py).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+
+from training.definitions import fingerprint, view_spec
 
 KEY_PREFIX = b"skewless:watermark:"
 CADENCE_TAG = "cadence"  # feature view tag: how often new rows land, e.g. "1d" (budget = cadence + 1 day)
@@ -114,20 +114,14 @@ def registry_id(registry, project: str) -> str:
 
 
 def definition(view) -> str:
-    """A fingerprint of what a view's online rows depend on: its features and types, keys, TTL and source.
+    """A fingerprint of what a view's online rows depend on: what its values mean (features and
+    types, keys, TTL, time columns: training/definitions.py) and the source they are loaded from.
 
     Descriptions, tags and owners do not count; anything that changes which rows or values Redis
     should hold does, so a watermark written before such a change no longer counts.
     """
     src = view.batch_source
-    spec: dict[str, Any] = {
-        "features": [(f.name, str(f.dtype)) for f in view.features],
-        "entities": [(c.name, str(c.dtype)) for c in view.entity_columns],
-        "ttl": view.ttl.total_seconds() if view.ttl else 0,
-        "source": [getattr(src, "path", None) or getattr(src, "name", None), getattr(src, "timestamp_field", None),
-                   getattr(src, "created_timestamp_column", None), dict(getattr(src, "field_mapping", None) or {})],
-    }
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return fingerprint({**view_spec(view), "path": getattr(src, "path", None) or getattr(src, "name", None)})
 
 
 def held(marks: dict[str, Watermark], name: str, view, registry: str) -> Watermark | None:

@@ -48,7 +48,7 @@ from serving.metrics import (
 from serving.schemas import Prediction, ServedRunInfo, StoredScore
 from serving.scores import NoScoresView, ScoreStore
 from serving.settings import Settings
-from training.bundle import Bundle, check_contract, load_bundle
+from training.bundle import Bundle, Registered, check_contract, load_bundle
 from training.score import score
 
 log = logging.getLogger("skewless.online")
@@ -93,7 +93,7 @@ class Model:
     metrics: ServiceMetrics
     watched: Watched
     scores: ScoreStore | None  # None when the repo has no scores view
-    contract: list[tuple[str, str]]  # the registry's FeatureService as read at start-up: what `lookup` supplies
+    contract: Registered  # the registry's FeatureService as read at start-up: what `lookup` supplies
 
 
 @dataclass

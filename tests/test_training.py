@@ -176,3 +176,28 @@ def test_an_unknown_feature_service_is_one_line_naming_the_registered_ones(small
     r = CliRunner().invoke(main, ["train", "--repo", str(small_repo), "--model-dir", str(tmp_path), "--feature-service", "churn_v9"])
     assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
     assert "'churn_v9'" in r.output and "churn_v1" in r.output and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("old, new, refused", [
+    ("ttl=timedelta(days=30),", "ttl=timedelta(days=7),", "customer_activity"),  # the same features, nulled sooner
+    (".total_seconds() / 86400.0", ".total_seconds() / 3600.0", "customer_derived"),  # days became hours
+    ('description="Ratios and time-relative features, defined once for every path."',
+     'description="Ratios, time-relative features."', None),  # words only
+    ("    def ratio(num, den):", "    # a comment\n    def ratio(num, den):", None),
+])
+def test_bundle_is_refused_when_a_definition_behind_its_features_changes(trained, tmp_path, redis_endpoint, small_repo, old, new, refused):
+    """Same names and types, other meaning: a TTL or a transform's code changed since training."""
+    repo = copy_repo(tmp_path / "feature_repo")
+    for f in (small_repo / "data").glob("*.parquet"):
+        shutil.copy(f, repo / "data")
+    defs = repo / "definitions.py"
+    assert defs.read_text().count(old) == 1
+    defs.write_text(defs.read_text().replace(old, new))
+    assert feast_apply(repo, redis_endpoint).returncode == 0
+    result, model_dir = trained
+    assert set(result.bundle.manifest["definitions"]) == {"customer_profile", "customer_activity", "customer_derived"}
+    if refused is None:
+        load_bundle(result.bundle.version, model_dir, store=open_store(repo))
+    else:
+        with pytest.raises(BundleError, match=rf"trained on {refused} as defined then.*retrain"):
+            load_bundle(result.bundle.version, model_dir, store=open_store(repo))

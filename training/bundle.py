@@ -3,9 +3,10 @@
 A bundle is a directory `models/<name>/<version>/` holding `model.ubj` (XGBoost's own binary
 format, not pickle), `manifest.json` and the audited `training_set.parquet`. `latest` is a
 symlink switched atomically. Batch and online load bundles only through `load_bundle`, which
-refuses a bundle whose files were changed after training or whose feature list no longer
-matches the FeatureService in the Feast registry, so no path can silently score with features
-the model was not trained on.
+refuses a bundle whose files were changed after training, whose feature list no longer
+matches the FeatureService in the Feast registry, or whose views' definitions moved since
+(training/definitions.py: a TTL, a transform's code), so no path can silently score with
+features the model was not trained on.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import xgboost as xgb
 
@@ -93,6 +94,20 @@ class Bundle:
     def segments(self) -> list[dict[str, Any]]:
         """Risk segments as [{"name": "Low", "upper": 0.3}, ..., {"name": "High", "upper": None}]."""
         return self.manifest["risk_segments"]
+
+
+class Registered(NamedTuple):
+    """What the registry says a FeatureService is now: what a bundle is checked against."""
+
+    features: list[tuple[str, str]]  # (feature name, Feast dtype), in the service's order
+    definitions: dict[str, str]  # view or on-demand view name -> fingerprint (training/definitions.py)
+
+
+def registered(store, service_name: str) -> Registered:
+    from training.contract import resolve
+
+    features = service_contract(store, service_name)
+    return Registered(features, resolve(store, service_name).definitions())
 
 
 def service_contract(store, service_name: str) -> list[tuple[str, str]]:
@@ -208,20 +223,31 @@ def load_bundle(
     return bundle
 
 
-def check_contract(bundle: Bundle, store=None, registry: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
-    """Raise BundleError naming the difference if the registry's FeatureService moved on.
+def check_contract(bundle: Bundle, store=None, registry: Registered | None = None) -> Registered:
+    """Raise BundleError naming the difference if the registry's FeatureService moved on: its
+    features and types, or the definition of a view or on-demand view behind them.
 
-    Compares with `registry` when given (the contract a service already read, see
+    Compares with `registry` when given (what a service already read, see
     serving/service.py:load_model), else reads it from `store`; returns what it compared with.
+    A bundle from before definitions were recorded is checked on features and types only.
     """
     if registry is None:
-        registry = service_contract(store, bundle.feature_service)
+        registry = registered(store, bundle.feature_service)
     trained = [(f.name, f.dtype) for f in bundle.features]
-    if registry != trained:
+    if registry.features != trained:
         raise BundleError(
             f"model {bundle.name}/{bundle.version} was trained on FeatureService {bundle.feature_service!r} "
-            f"but the registry's differs: {_diff(trained, registry)}; retrain with `skewless train`"
+            f"but the registry's differs: {_diff(trained, registry.features)}; retrain with `skewless train`"
         )
+    recorded = bundle.manifest.get("definitions")
+    if recorded is not None:
+        changed = sorted(n for n in recorded.keys() | registry.definitions.keys() if recorded.get(n) != registry.definitions.get(n))
+        if changed:
+            raise BundleError(
+                f"model {bundle.name}/{bundle.version} was trained on {', '.join(changed)} as defined then, and the "
+                "registry's definition has changed since (TTL, time columns, types or the transform's code): "
+                "the same feature names mean other values now; retrain with `skewless train`"
+            )
     return registry
 
 

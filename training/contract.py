@@ -21,6 +21,8 @@ from feast import FeatureStore, FeatureView
 from feast.errors import FeatureServiceNotFoundException
 from feast.on_demand_feature_view import OnDemandFeatureView
 
+from training import definitions
+
 
 @dataclass
 class Contract:
@@ -47,6 +49,10 @@ class Contract:
                 if not out[i] and v is not None and not (isinstance(v, float) and math.isnan(v)):
                     out[i] = True
         return np.array(out, dtype=bool)
+
+    def definitions(self) -> dict[str, str]:
+        """Fingerprints of what each view and on-demand view behind the service means (training/definitions.py)."""
+        return definitions.of(self.views, self.odfvs)
 
 
 def feature_service(store: FeatureStore, name: str):

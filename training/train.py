@@ -29,7 +29,7 @@ from sklearn.metrics import average_precision_score, log_loss, precision_recall_
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from training.bundle import DEFAULT_MODEL_DIR, MODEL_NAME, Bundle, FeatureSpec, load_bundle, save_bundle, service_contract
+from training.bundle import DEFAULT_MODEL_DIR, MODEL_NAME, Bundle, FeatureSpec, load_bundle, registered, save_bundle, service_contract
 from training.dataset import TrainingSet, build_training_set, write_training_set
 from training.generate import LABEL_HORIZON_DAYS
 from training.score import feature_matrix, score
@@ -169,6 +169,7 @@ def train(
     t = time.perf_counter()
     step("retrieve point-in-time features")
     ts = build_training_set(store, repo_path, feature_service, as_of, max_rows)
+    definitions = registered(store, feature_service).definitions  # what the features mean as this model learns them
     seconds["retrieve"] = time.perf_counter() - t
     train_mask, valid_mask = time_split(ts.frame)
     specs = feature_specs(store, ts, train_mask)
@@ -219,6 +220,7 @@ def train(
             "feature_service": feature_service,
             "feast_project": store.project,
             "features": [s.to_json() for s in specs],
+            "definitions": definitions,
             "label": {
                 "column": "churned",
                 "definition": f"customer cancels within {LABEL_HORIZON_DAYS} days after the label time",
