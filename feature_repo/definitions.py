@@ -158,12 +158,20 @@ scoring_request = RequestSource(
 def customer_derived(inputs: dict) -> dict:
     """Derived features; None wherever an input is missing, never a made-up default."""
 
+    from datetime import datetime, timezone
+
+    def moment(t):  # every skewless path passes a datetime; `feast serve` and the feast CLI pass Unix seconds or ISO text
+        if isinstance(t, str):
+            t = float(t) if t.replace(".", "", 1).isdigit() else datetime.fromisoformat(t)
+            t = t.replace(tzinfo=timezone.utc) if isinstance(t, datetime) and t.tzinfo is None else t
+        return datetime.fromtimestamp(t, timezone.utc) if isinstance(t, (int, float)) else t
+
     # Whole seconds: Feast's online store keeps UnixTimestamp features to the second, so
     # sub-second parts would make online and offline differ.
     def days(later, earlier):
         if later is None or earlier is None:
             return None
-        return (later.replace(microsecond=0) - earlier.replace(microsecond=0)).total_seconds() / 86400.0
+        return (moment(later).replace(microsecond=0) - earlier.replace(microsecond=0)).total_seconds() / 86400.0
 
     def ratio(num, den):
         return None if num is None or den is None or den == 0 else float(num) / float(den)
@@ -227,16 +235,24 @@ churn_scores = FeatureView(
 )
 def account_live(inputs: dict) -> dict:
     """Counts in whole seconds (what the online store keeps of as_of); no state means no events: 0."""
+    from datetime import datetime, timezone
+
     window_s = 24 * 3600
+
+    def seconds(t):  # every skewless path passes a datetime; `feast serve` and the feast CLI pass Unix seconds or ISO text
+        if isinstance(t, str):
+            t = float(t) if t.replace(".", "", 1).isdigit() else datetime.fromisoformat(t)
+            t = t.replace(tzinfo=timezone.utc) if isinstance(t, datetime) and t.tzinfo is None else t
+        return int(t) if isinstance(t, (int, float)) else int(t.timestamp())
 
     def in_window(times_us, as_of):
         if as_of is None:
             return None
-        now_s = int(as_of.timestamp())
+        now_s = seconds(as_of)
         return sum(1 for t in times_us or () if now_s - window_s < t // 1_000_000 <= now_s)
 
     def hours_since(as_of, t_us):
-        return None if as_of is None or t_us is None else (int(as_of.timestamp()) - t_us // 1_000_000) / 3600.0
+        return None if as_of is None or t_us is None else (seconds(as_of) - t_us // 1_000_000) / 3600.0
 
     as_of = inputs["as_of"]
     return {

@@ -56,9 +56,10 @@ def test_apply_is_idempotent_and_works_on_a_fresh_copy(tmp_path, redis_endpoint,
     assert open_store(repo).get_feature_service("churn_v1").name == "churn_v1"
 
 
-def test_stock_cli_materialize_incremental(tmp_path, redis_endpoint, small_repo):
+def test_stock_cli_materialize_incremental(tmp_path, redis_endpoint, small_repo, monkeypatch):
     """`cd feature_repo && feast materialize-incremental <ts>` works as a user runs it, through
-    the skewless engine that feature_store.yaml names."""
+    the skewless engine that feature_store.yaml names; `feast get-online-features` then runs the
+    on-demand views on what it loaded."""
     import os
     import shutil
     import subprocess
@@ -84,6 +85,24 @@ def test_stock_cli_materialize_incremental(tmp_path, redis_endpoint, small_repo)
         assert "no watermark" in r.stderr
         marks = watermark.read_all(endpoint.client(), "skewless")
         assert {v: m.end.isoformat() for v, m in marks.items()} == dict.fromkeys(["customer_profile", "customer_activity", "account_state", "churn_scores"], "2026-11-01T00:00:00+00:00")
+
+        # the on-demand views from the stock CLI, `as_of` as text or Unix seconds, as the SDK computes them from a datetime
+        import json
+        from datetime import datetime, timezone
+
+        import pandas as pd
+
+        cid = int(pd.read_parquet(repo / "data" / "customer_profiles.parquet")["customer_id"].iloc[0])
+        refs = ["customer_derived:tenure_days", "account_live:seats_now", "account_live:payment_failures_24h"]
+        at = datetime(2026, 10, 31, 12, tzinfo=timezone.utc)
+        monkeypatch.setenv(REDIS_ENV, endpoint.feast)  # for the SDK in this process
+        want = open_store(repo).get_online_features(features=refs, entity_rows=[{"customer_id": cid, "as_of": at}]).to_dict()
+        assert want["tenure_days"][0] is not None
+        for as_of in ("2026-10-31T12:00:00", str(int(at.timestamp()))):
+            args = [a for ref in refs for a in ("-f", ref)] + ["-e", f"customer_id={cid}", "-e", f"as_of={as_of}"]
+            r = subprocess.run([str(feast_cli), "get-online-features", *args], cwd=repo, env=env, capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr[-3000:]
+            assert json.loads(r.stdout[r.stdout.index("{"):]) == want
 
 
 def test_stock_cli_without_the_redis_setting_says_what_to_set(tmp_path, small_repo):
