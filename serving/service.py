@@ -269,13 +269,15 @@ class Service:
         if now - checked_at < NOT_LOADED_CACHE_S:
             return missing
         if route == "scores":
-            marks = watermark.read_all(store_client(self.store), self.watched.project)
             view = self.scores.view
-            gone = [] if watermark.held(marks, view_name(view, self.store.config), view, self.watched.registry) else [view.name]
+            marks = watermark.read_all(store_client(self.store), self.watched.project)
+            ages = watermark.check(marks, [(view_name(view, self.store.config), view, None)], self.watched.registry,
+                                   datetime.now(timezone.utc)).ages
             fix = "run `skewless score --as-of now` with this Redis named (REDIS_URL), or `skewless materialize`"
         else:
-            gone = [view for view, age in self.freshness().ages.items() if age is None]  # no watermark that counts
+            ages = self.freshness().ages
             fix = "run `skewless materialize`"
+        gone = [name for name, age in ages.items() if age is None]  # no watermark that counts
         missing = f"{', '.join(gone)} not materialized into this Redis: {fix}" if gone else None
         self._not_loaded[route] = (now, missing)
         return missing

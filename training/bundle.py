@@ -104,20 +104,28 @@ class Registered(NamedTuple):
 
 
 def registered(store, service_name: str) -> Registered:
+    """The FeatureService's features and definitions, from one read of it (so both describe the same registry state)."""
     from training.contract import resolve
 
-    features = service_contract(store, service_name)
-    return Registered(features, resolve(store, service_name).definitions())
+    service = _registered_service(store, service_name)
+    return Registered(_features_of(service), resolve(store, service_name, service).definitions())
 
 
 def service_contract(store, service_name: str) -> list[tuple[str, str]]:
     """The ordered (feature name, Feast dtype) list of a FeatureService, read from the registry."""
+    return _features_of(_registered_service(store, service_name))
+
+
+def _registered_service(store, service_name: str):
     from feast.errors import FeastObjectNotFoundException
 
     try:
-        service = store.get_feature_service(service_name, allow_cache=False)
+        return store.get_feature_service(service_name, allow_cache=False)
     except FeastObjectNotFoundException as exc:
         raise BundleError(f"FeatureService {service_name!r} is not in the Feast registry: run `skewless apply`") from exc
+
+
+def _features_of(service) -> list[tuple[str, str]]:
     return [(f.name, str(f.dtype)) for p in service.feature_view_projections for f in p.features]
 
 

@@ -65,12 +65,14 @@ def feature_service(store: FeatureStore, name: str):
                           f"(registered: {', '.join(known) or 'none: run `skewless apply`'})") from None
 
 
-def resolve(store: FeatureStore, service_name: str) -> Contract:
-    service = feature_service(store, service_name)
+def resolve(store: FeatureStore, service_name: str, service=None) -> Contract:
+    """The views and on-demand views behind `service_name` (or the already read FeatureService `service`)."""
+    service = service if service is not None else feature_service(store, service_name)
     views: dict[str, FeatureView] = {}
     odfvs: list[OnDemandFeatureView] = []
+    registered_odfvs = {o.name: o for o in store.list_on_demand_feature_views()}
     for proj in service.feature_view_projections:
-        odfv = next((o for o in store.list_on_demand_feature_views() if o.name == proj.name), None)
+        odfv = registered_odfvs.get(proj.name)
         if odfv is None:
             views[proj.name] = store.get_feature_view(proj.name)
         else:
