@@ -1,7 +1,7 @@
 """Where things are unless a command is told otherwise.
 
 Plain paths, no imports beyond the standard library: every command's `--help` and argument
-checks read these, and must answer at once (tests/test_cli.py guards it).
+checks read these, and must answer at once (tests/test_commands.py guards it).
 """
 
 from __future__ import annotations
