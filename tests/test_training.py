@@ -120,6 +120,22 @@ def test_fast_predict_is_inplace_predict_bit_for_bit(trained):
         predict(b.booster, matrix.astype(np.float64))
 
 
+def test_feature_matrix_is_the_same_from_a_frame_and_from_columns(trained):
+    """Batch and training hand feature_matrix a DataFrame, the online and stream paths a dict of
+    lists (built another way, for speed): the model must get the same float32 bits from both,
+    with missing values, unseen categories and integer columns among them."""
+    b = trained[0].bundle
+    ts = pd.read_parquet(b.path / "training_set.parquet").head(300).astype(object)
+    ts.loc[ts.index[::5], b.feature_names[0]] = None
+    ts.loc[ts.index[::7], "plan"] = "enterprise"  # unseen -> missing
+    columns = {n: [None if v is None or (isinstance(v, float) and v != v) else v for v in ts[n]] for n in b.feature_names}
+    from_frame = feature_matrix(b.features, ts[b.feature_names].convert_dtypes(convert_string=False))
+    from_columns = feature_matrix(b.features, columns)
+    assert from_columns.dtype == np.float32 and from_columns.flags.c_contiguous
+    assert from_frame.tobytes() == from_columns.tobytes()
+    assert feature_matrix(b.features, {n: [] for n in b.feature_names}).shape == (0, len(b.features))
+
+
 def copy_bundle(trained, tmp_path):
     result, model_dir = trained
     dest = tmp_path / "models" / "churn" / result.bundle.version
