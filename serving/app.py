@@ -350,6 +350,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                  **({"rollout": rollout} if rollout else {})}, status_code=503)
         return Readiness(ready=True, model=model, scores=run, rollout=rollout)
 
+    # HEAD too, for the load balancers and uptime checks that probe with it (same status, no body)
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
+    app.add_api_route("/ready", ready, methods=["HEAD"], include_in_schema=False)
+
     @app.get("/metrics", tags=["operations"], response_class=Response, dependencies=[Depends(authorized_service)] if settings.metrics_need_key else [],
              responses={401: ERROR_RESPONSES[401]} if settings.metrics_need_key else {})
     async def metrics(request: Request) -> Response:

@@ -144,7 +144,11 @@ def test_model_is_loaded_once_and_metrics_count(live, known, tmp_path, monkeypat
 def test_health_ready_and_docs(client):
     assert client.get("/health").json() == {"status": "alive"}
     assert client.get("/ready").json()["ready"] is True
-    assert "/predict" in client.get("/openapi.json").json()["paths"]
+    for path in ("/health", "/ready"):  # what load balancers and uptime checks send
+        r = client.head(path)
+        assert r.status_code == 200 and r.content == b""
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/predict" in paths and set(paths["/health"]) == {"get"}
 
 
 def test_redis_down_fails_fast_and_recovers(live, known, tmp_path, monkeypatch):
