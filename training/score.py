@@ -69,7 +69,7 @@ def feature_matrix(specs: Sequence[FeatureSpec], features: Features) -> np.ndarr
 
 def _matrix_from_columns(specs: Sequence[FeatureSpec], features: Mapping[str, Sequence[Any]]) -> np.ndarray:
     """feature_matrix for a dict of columns (what the online and stream paths hold): the same values
-    (float64, then float32) from one array build instead of one per column, ~4x faster for one row.
+    (float64, then float32) from one array build instead of one per column, ~2x faster for one row (48 -> 22 us).
     """
     nan = math.nan
     columns = []
