@@ -29,6 +29,7 @@ online store, other key types): those are served correctly, only slower.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -126,6 +127,9 @@ class RedisReader:
     def __init__(self, client: redis.Redis, key_layout, views: list[_ViewRead], fields: list[bytes]):
         self.client, self.key_layout, self.views, self.fields = client, key_layout, views, fields
         self.hmget_many = client.register_script(HMGET_MANY_LUA)  # EVALSHA, re-sent after a Redis restart
+        # for one customer's HMGET (_hmget_one); connects on first use, closed when the reader is dropped
+        self._conn = client.connection_pool.make_connection()
+        self._conn_lock = threading.Lock()
 
     @classmethod
     def for_store(cls, store: FeatureStore, reads, entity_key: str) -> "RedisReader | None":
@@ -148,7 +152,7 @@ class RedisReader:
         """
         keys = [self.key_layout.key(c) for c in customer_ids]
         if len(keys) == 1:
-            replies = [self.client.hmget(keys[0], self.fields)]
+            replies = [self._hmget_one(keys[0])]
         elif len(keys) <= KEYS_PER_SCRIPT:
             replies = self.hmget_many(keys=keys, args=self.fields)
         else:  # a script blocks Redis while it runs: ~0.3 ms per 100 keys, then others get a turn
@@ -172,6 +176,32 @@ class RedisReader:
             view_ts[v.name] = ts
             into.update(zip(v.features, cols))
         return view_ts
+
+    def _hmget_one(self, key: bytes) -> list:
+        """`client.hmget(key, fields)` on a connection this reader keeps, with the client's own retry policy.
+
+        The client checks a connection out of its pool, polls it for stray bytes and wraps the
+        command in its retry, deprecation and bookkeeping layers on every call: ~70 us of CPU a
+        call here against ~35 this way, for the most frequent read (one customer per request).
+        As the client does, a connection that failed in any way is closed before anything else
+        is sent on it, so a late reply is never read as the next one's. A second thread arriving
+        while this one reads uses the client.
+        """
+        if not self._conn_lock.acquire(blocking=False):
+            return self.client.hmget(key, self.fields)
+        conn = self._conn
+        try:
+            def send_and_read() -> list:
+                conn.send_command("HMGET", key, *self.fields)
+                return conn.read_response()
+
+            retry = self.client.get_retry() or Retry(NoBackoff(), 0)
+            return retry.call_with_retry(send_and_read, lambda _: conn.disconnect())
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            self._conn_lock.release()
 
 
 class FeatureLookup:
