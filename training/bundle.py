@@ -17,9 +17,11 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import xgboost as xgb
 
 from training.paths import MODEL_DIR
@@ -94,6 +96,13 @@ class Bundle:
     def segments(self) -> list[dict[str, Any]]:
         """Risk segments as [{"name": "Low", "upper": 0.3}, ..., {"name": "High", "upper": None}]."""
         return self.manifest["risk_segments"]
+
+    @cached_property
+    def segment_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(upper bounds of every segment but the last, every segment's name) as arrays, built once:
+        what training/score.py looks a probability's segment up in on every call."""
+        return (np.array([s["upper"] for s in self.segments[:-1]], dtype=np.float64),
+                np.array([s["name"] for s in self.segments]))
 
 
 class Registered(NamedTuple):

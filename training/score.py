@@ -113,7 +113,7 @@ def predict(booster: xgboost.Booster, matrix: np.ndarray) -> np.ndarray:
             booster.handle, interface, _PREDICT_ARGS, None, ctypes.byref(shape), ctypes.byref(dims), ctypes.byref(out)
         )
     )
-    n = int(np.prod([shape[i] for i in range(dims.value)]))
+    n = math.prod(shape[i] for i in range(dims.value))
     if n != matrix.shape[0]:
         raise ValueError(f"the model gives {n} outputs for {matrix.shape[0]} rows: score() handles one output per row")
     return np.ctypeslib.as_array(out, (n,)).copy()
@@ -133,7 +133,6 @@ def score(bundle: Bundle, features: Features) -> Scores:
         return Scores(np.empty(0), np.empty(0, dtype=np.int64), [])
     probability = predict(bundle.booster, matrix).astype(np.float64)
     prediction = (probability >= bundle.threshold).astype(np.int64)
-    uppers = [s["upper"] for s in bundle.segments[:-1]]
-    names = np.array([s["name"] for s in bundle.segments])
-    segment = names[np.searchsorted(np.array(uppers, dtype=np.float64), probability, side="right")]
+    uppers, names = bundle.segment_bounds
+    segment = names[np.searchsorted(uppers, probability, side="right")]
     return Scores(probability, prediction, segment.tolist())
