@@ -184,8 +184,10 @@ class RedisReader:
         command in its retry, deprecation and bookkeeping layers on every call: ~70 us of CPU a
         call here against ~35 this way, for the most frequent read (one customer per request).
         As the client does, a connection that failed in any way is closed before anything else
-        is sent on it, so a late reply is never read as the next one's. A second thread arriving
-        while this one reads uses the client.
+        is sent on it, so a late reply is never read as the next one's. A connection error (not a
+        timeout) is then tried once more through the client: a connection Redis closed while it
+        was idle (its `timeout`) shows only when used, where the pool's check would have replaced
+        it. A second thread arriving while this one reads uses the client.
         """
         if not self._conn_lock.acquire(blocking=False):
             return self.client.hmget(key, self.fields)
@@ -196,7 +198,11 @@ class RedisReader:
                 return conn.read_response()
 
             retry = self.client.get_retry() or Retry(NoBackoff(), 0)
-            return retry.call_with_retry(send_and_read, lambda _: conn.disconnect())
+            try:
+                return retry.call_with_retry(send_and_read, lambda _: conn.disconnect())
+            except redis.ConnectionError:
+                conn.disconnect()
+                return self.client.hmget(key, self.fields)
         except BaseException:
             conn.disconnect()
             raise

@@ -214,6 +214,24 @@ def test_a_hung_redis_never_hands_a_late_reply_to_the_next_request(live, known, 
                 assert answer(cid) == expected[cid]
 
 
+def test_a_connection_the_redis_closed_while_idle_is_replaced_without_an_error(live, known, tmp_path, monkeypatch):
+    """Redis closes idle clients after its `timeout`; with no retries configured, the next request
+    must still be answered, as redis-py's pool answers it (it checks a connection before use)."""
+    from datetime import datetime, timezone
+
+    from online_store.materialize import materialize
+    from training.store import open_store
+
+    with throwaway_redis() as endpoint:
+        monkeypatch.setenv(REDIS_ENV, endpoint.feast)
+        materialize(open_store(live.repo), datetime.now(timezone.utc))
+        endpoint.client().config_set("timeout", 1)
+        with TestClient(create_app(make_settings(live, tmp_path).model_copy(update={"redis_retries": 0}))) as c:
+            for _ in range(2):
+                assert c.post("/predict", json={"customer_id": known["fresh"]}).status_code == 200
+                time.sleep(2.5)  # Redis closes the service's connections meanwhile
+
+
 def test_feature_log_is_flushed_on_shutdown(live, known, tmp_path):
     settings_ = make_settings(live, tmp_path)
     settings_.feature_log_flush_s = 3600  # only the shutdown flush can write it
