@@ -199,9 +199,8 @@ class RedisReader:
 
             retry = self.client.get_retry() or Retry(NoBackoff(), 0)
             try:
-                return retry.call_with_retry(send_and_read, lambda _: conn.disconnect())
+                return retry.call_with_retry(send_and_read, lambda _: conn.disconnect())  # each failure closes it
             except redis.ConnectionError:
-                conn.disconnect()
                 return self.client.hmget(key, self.fields)
         except BaseException:
             conn.disconnect()

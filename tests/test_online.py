@@ -30,6 +30,20 @@ def client(live, tmp_path):
         yield c
 
 
+@pytest.fixture()
+def own_redis(live, monkeypatch):
+    """A throwaway redis-server of the test's own, loaded up to now: the test may stop or reconfigure it."""
+    from datetime import datetime, timezone
+
+    from online_store.materialize import materialize
+    from training.store import open_store
+
+    with throwaway_redis() as endpoint:
+        monkeypatch.setenv(REDIS_ENV, endpoint.feast)
+        materialize(open_store(live.repo), datetime.now(timezone.utc))
+        yield endpoint
+
+
 def test_predict_single(client, known, live):
     r = client.post("/predict", json={"customer_id": known["fresh"]})
     assert r.status_code == 200, r.text
@@ -182,54 +196,39 @@ def test_redis_down_fails_fast_and_recovers(live, known, tmp_path, monkeypatch):
             assert r.status_code == 503 and "not materialized into this Redis" in r.json()["detail"], r.text
 
 
-def test_a_hung_redis_never_hands_a_late_reply_to_the_next_request(live, known, tmp_path, monkeypatch):
+def test_a_hung_redis_never_hands_a_late_reply_to_the_next_request(live, known, tmp_path, own_redis):
     """A read that timed out leaves its reply on the way: the connection it used is closed, so
     the next customer's request never reads that reply as its own (serving/features.py:_hmget_one)."""
     import os
     import signal
-    from datetime import datetime, timezone
 
-    from online_store.materialize import materialize
-    from training.store import open_store
+    with TestClient(create_app(make_settings(live, tmp_path).model_copy(update={"redis_cooldown_s": 0}))) as c:
+        def answer(cid: int) -> tuple[int, dict]:
+            r = c.post("/predict", json={"customer_id": cid})
+            return r.status_code, {k: v for k, v in r.json().items() if k != "features_as_of"}  # the request's time
 
-    with throwaway_redis() as endpoint:
-        monkeypatch.setenv(REDIS_ENV, endpoint.feast)
-        materialize(open_store(live.repo), datetime.now(timezone.utc))
-        with TestClient(create_app(make_settings(live, tmp_path).model_copy(update={"redis_cooldown_s": 0}))) as c:
-            def answer(cid: int) -> tuple[int, dict]:
-                r = c.post("/predict", json={"customer_id": cid})
-                return r.status_code, {k: v for k, v in r.json().items() if k != "features_as_of"}  # the request's time
-
-            first, second = known["fresh"], known["expired"]
-            expected = {cid: answer(cid) for cid in (first, second)}
-            assert expected[first] != expected[second]
-            pid = endpoint.client().info("server")["process_id"]
-            os.kill(pid, signal.SIGSTOP)  # Redis hangs: the read times out, its reply comes later
-            try:
-                assert answer(first)[0] == 503
-            finally:
-                os.kill(pid, signal.SIGCONT)
-            time.sleep(0.2)
-            for cid in (second, first, second):
-                assert answer(cid) == expected[cid]
+        first, second = known["fresh"], known["expired"]
+        expected = {cid: answer(cid) for cid in (first, second)}
+        assert expected[first] != expected[second]
+        pid = own_redis.client().info("server")["process_id"]
+        os.kill(pid, signal.SIGSTOP)  # Redis hangs: the read times out, its reply comes later
+        try:
+            assert answer(first)[0] == 503
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.2)
+        for cid in (second, first, second):
+            assert answer(cid) == expected[cid]
 
 
-def test_a_connection_the_redis_closed_while_idle_is_replaced_without_an_error(live, known, tmp_path, monkeypatch):
+def test_a_connection_the_redis_closed_while_idle_is_replaced_without_an_error(live, known, tmp_path, own_redis):
     """Redis closes idle clients after its `timeout`; with no retries configured, the next request
     must still be answered, as redis-py's pool answers it (it checks a connection before use)."""
-    from datetime import datetime, timezone
-
-    from online_store.materialize import materialize
-    from training.store import open_store
-
-    with throwaway_redis() as endpoint:
-        monkeypatch.setenv(REDIS_ENV, endpoint.feast)
-        materialize(open_store(live.repo), datetime.now(timezone.utc))
-        endpoint.client().config_set("timeout", 1)
-        with TestClient(create_app(make_settings(live, tmp_path).model_copy(update={"redis_retries": 0}))) as c:
-            for _ in range(2):
-                assert c.post("/predict", json={"customer_id": known["fresh"]}).status_code == 200
-                time.sleep(2.5)  # Redis closes the service's connections meanwhile
+    own_redis.client().config_set("timeout", 1)
+    with TestClient(create_app(make_settings(live, tmp_path).model_copy(update={"redis_retries": 0}))) as c:
+        for _ in range(2):
+            assert c.post("/predict", json={"customer_id": known["fresh"]}).status_code == 200
+            time.sleep(2.5)  # Redis closes the service's connections meanwhile
 
 
 def test_feature_log_is_flushed_on_shutdown(live, known, tmp_path):
