@@ -51,6 +51,11 @@ class FeatureSpec:
     def is_categorical(self) -> bool:
         return self.dtype == "String"
 
+    @cached_property
+    def category_codes(self) -> dict[str, float]:
+        """Each training category's code (its index, as the model reads it), built once."""
+        return {c: float(i) for i, c in enumerate(self.categories or ())}
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "dtype": self.dtype}
         if self.categories is not None:

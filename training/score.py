@@ -76,7 +76,7 @@ def _matrix_from_columns(specs: Sequence[FeatureSpec], features: Mapping[str, Se
     for spec in specs:
         values = features[spec.name]
         if spec.is_categorical:
-            index = {c: float(i) for i, c in enumerate(spec.categories or ())}
+            index = spec.category_codes
             columns.append([index.get(v, nan) if isinstance(v, str) else nan for v in values])
         else:
             columns.append([nan if v is None or (isinstance(v, float) and v != v) else v for v in values])
