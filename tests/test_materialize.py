@@ -176,6 +176,37 @@ def test_encoders_match_feast_value_by_value():
         assert ours == feast, value_type
 
 
+def test_decoded_values_are_feasts_for_every_kind():
+    """online_store/redis_layout.py:python_value decodes some kinds itself (scalars, lists,
+    timestamps): value and type equal Feast's own conversion, for those and for the kinds it
+    hands to Feast, on awkward values (empty lists, the null timestamp, negative times)."""
+    from feast.protos.feast.types import Value_pb2 as V
+    from feast.type_map import NULL_TIMESTAMP_INT_VALUE, feast_value_type_to_python_type
+
+    from online_store.redis_layout import python_value
+
+    values = [
+        V.Value(string_val="ünïcødé"), V.Value(string_val=""), V.Value(bytes_val=b"\x00\xff"), V.Value(int64_val=-(2**63)),
+        V.Value(int32_val=7), V.Value(double_val=float("inf")), V.Value(float_val=-1.5), V.Value(bool_val=False),
+        V.Value(unix_timestamp_val=1_790_000_000), V.Value(unix_timestamp_val=-1_500), V.Value(unix_timestamp_val=0),
+        V.Value(unix_timestamp_val=NULL_TIMESTAMP_INT_VALUE),
+        V.Value(int64_list_val=V.Int64List(val=[1, -2, 2**62])), V.Value(int64_list_val=V.Int64List()),
+        V.Value(int32_list_val=V.Int32List(val=[3])), V.Value(double_list_val=V.DoubleList(val=[0.5, float("nan")])),
+        V.Value(float_list_val=V.FloatList(val=[0.25])), V.Value(string_list_val=V.StringList(val=["a", ""])),
+        V.Value(bool_list_val=V.BoolList(val=[True, False])), V.Value(bytes_list_val=V.BytesList(val=[b"x"])),
+        V.Value(unix_timestamp_list_val=V.Int64List(val=[0, NULL_TIMESTAMP_INT_VALUE])),
+        V.Value(int64_set_val=V.Int64Set(val=[1, 2])), V.Value(json_val='{"a": [1, 2]}'), V.Value(decimal_val="1.10"),
+        V.Value(),
+    ]
+    for value in values:
+        raw = value.SerializeToString()
+        expected = feast_value_type_to_python_type(V.Value.FromString(raw))
+        for got in (python_value(raw), python_value(raw)):  # decoded, then (for immutable values) remembered
+            assert repr(got) == repr(expected) and type(got) is type(expected), value
+            if isinstance(got, list):
+                assert [type(x) for x in got] == [type(x) for x in expected], value
+
+
 def test_newer_wins_whatever_the_order_of_overlapping_windows(repo, monkeypatch):
     with throwaway_redis() as newer_last, throwaway_redis() as newer_first:
         a = open_on(repo, newer_last, monkeypatch)

@@ -114,7 +114,7 @@ def test_fast_read_equals_feast_get_online_features(live, known):
     every customer of the data, expired, unknown and negative IDs, one at a time and in batches."""
     from datetime import datetime, timezone
 
-    from serving.features import KEYS_PER_SCRIPT, FeatureLookup, connect_store
+    from serving.features import FeatureLookup, connect_store
 
     store, _ = connect_store(live.repo, None, timeout_s=5, retries=1)
     lookup = FeatureLookup(store, live.bundle.feature_service)
@@ -122,8 +122,8 @@ def test_fast_read_equals_feast_get_online_features(live, known):
     ids = pd.read_parquet(live.repo / "data" / ACTIVITY_FILE, columns=["customer_id"])["customer_id"].unique().tolist()
     ids += [known["expired"], known["unknown"], 0, 2**63 - 1]
     now = datetime.now(timezone.utc)
-    assert len(ids) > 2 * KEYS_PER_SCRIPT  # one HMGET, one script call, and a pipeline of them
-    for batch in [ids[:1], [known["expired"]], [known["unknown"]], ids[:KEYS_PER_SCRIPT], ids]:
+    assert len(ids) > 500  # one read of several hundred customers too
+    for batch in [ids[:1], [known["expired"]], [known["unknown"]], ids[:100], ids]:
         fast, feast = lookup._fast(batch, now), lookup.via_feature_service(batch, now)
         assert fast.found == feast.found
         assert fast.view_ts.keys() == feast.view_ts.keys()
@@ -133,6 +133,26 @@ def test_fast_read_equals_feast_get_online_features(live, known):
             a, b = fast.values[name], feast.values[name]
             assert a == b and [type(x) for x in a] == [type(x) for x in b], name
     assert sum(fast.found) > 500 and not all(fast.found)
+
+
+def test_the_readers_own_pipeline_is_what_redis_py_sends_and_reads(live, known):
+    """RedisReader packs its HMGETs itself (serving/features.py:_hmget): the bytes are redis-py's
+    for the same command, and the replies equal redis-py's, through the kept connection and
+    through the client (the way a second thread reading at the same time goes)."""
+    from serving.features import FeatureLookup, connect_store
+
+    store, _ = connect_store(live.repo, None, timeout_s=5, retries=1)
+    reader = FeatureLookup(store, live.bundle.feature_service).reader
+    keys = [reader.key_layout.key(c) for c in (known["fresh"], known["expired"], known["unknown"], 0, 2**63 - 1)]
+    conn = reader.client.connection_pool.make_connection()
+    for key in keys:
+        ours = reader._resp_head + b"$%d\r\n%s\r\n" % (len(key), key) + reader._resp_tail
+        assert ours == b"".join(conn.pack_command("HMGET", key, *reader.fields))
+    expected = [reader.client.hmget(key, reader.fields) for key in keys]
+    assert reader._hmget(keys) == expected == reader._hmget_via_client(keys)
+    with reader._conn_lock:  # another thread is reading on the kept connection
+        assert reader._hmget(keys) == expected and reader._hmget(keys[:1]) == expected[:1]
+    assert reader._hmget(keys[1:2]) == expected[1:2]
 
 
 def test_model_is_loaded_once_and_metrics_count(live, known, tmp_path, monkeypatch):
@@ -198,7 +218,7 @@ def test_redis_down_fails_fast_and_recovers(live, known, tmp_path, monkeypatch):
 
 def test_a_hung_redis_never_hands_a_late_reply_to_the_next_request(live, known, tmp_path, own_redis):
     """A read that timed out leaves its reply on the way: the connection it used is closed, so
-    the next customer's request never reads that reply as its own (serving/features.py:_hmget_one)."""
+    the next customer's request never reads that reply as its own (serving/features.py:_hmget)."""
     import os
     import signal
 
@@ -207,18 +227,27 @@ def test_a_hung_redis_never_hands_a_late_reply_to_the_next_request(live, known, 
             r = c.post("/predict", json={"customer_id": cid})
             return r.status_code, {k: v for k, v in r.json().items() if k != "features_as_of"}  # the request's time
 
+        def answers(ids: list[int]) -> tuple[int, list]:
+            r = c.post("/predict/batch", json={"customer_ids": ids})
+            return r.status_code, [{k: v for k, v in p.items() if k != "features_as_of"} for p in r.json().get("predictions", [])]
+
         first, second = known["fresh"], known["expired"]
         expected = {cid: answer(cid) for cid in (first, second)}
         assert expected[first] != expected[second]
+        batch, reversed_ = [first, second, first], [second, first, second]
+        expected_batches = {tuple(ids): answers(ids) for ids in (batch, reversed_)}
         pid = own_redis.client().info("server")["process_id"]
         os.kill(pid, signal.SIGSTOP)  # Redis hangs: the read times out, its reply comes later
         try:
             assert answer(first)[0] == 503
+            assert answers(batch)[0] == 503  # three replies on the way
         finally:
             os.kill(pid, signal.SIGCONT)
         time.sleep(0.2)
         for cid in (second, first, second):
             assert answer(cid) == expected[cid]
+        for ids in (reversed_, batch, reversed_):
+            assert answers(ids) == expected_batches[tuple(ids)]
 
 
 def test_a_connection_the_redis_closed_while_idle_is_replaced_without_an_error(live, known, tmp_path, own_redis):
