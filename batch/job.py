@@ -215,7 +215,7 @@ def score_frame(index: int, bundle: Bundle, contract, frame: pd.DataFrame, run: 
 def local_chunks(store, bundle: Bundle, contract, ids: np.ndarray, as_of: datetime, chunk_rows: int, run: RunInfo,
                  clock: StageClock) -> Iterator[ScoredChunk]:
     """The single-machine engine: retrieval one chunk ahead in a thread, scoring here."""
-    bundle.booster.set_param({"nthread": _cores()})
+    bundle.scoring_threads = _cores()
     parts: dict[str, float] = {}
     # Feast runs only in the prefetch thread from here on: nothing else uses its connections;
     # closing() joins that thread before the DuckDB settings are restored

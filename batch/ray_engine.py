@@ -61,7 +61,7 @@ def score_range(index: int, ids: np.ndarray, repo: str, model_dir: str, version:
 
     started = time.perf_counter()
     store, bundle, contract = _worker_state(repo, model_dir, version)
-    bundle.booster.set_param({"nthread": cpus})
+    bundle.scoring_threads = cpus
     warm = time.perf_counter()
     with duckdb_memory_limited(store):
         frame = next(stream_features(store, contract, ids, run.as_of, len(ids)))

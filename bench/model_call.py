@@ -5,8 +5,9 @@
 
 Options measured on the same matrix, in the same run:
 
+- `training/trees.py`: the trees walked by a numba loop (what every path scores with);
 - `training/score.py:predict`: XGBoost's C call with its arguments prepared once (what every
-  path uses today);
+  path used before the walk);
 - `Booster.inplace_predict`: the same call through XGBoost's Python wrapper;
 - with treelite and tl2cgen installed: the model compiled to C by tl2cgen (gcc, parallel
   translation units), called through tl2cgen's Predictor.
@@ -67,8 +68,10 @@ def main() -> None:
     bundle = load_bundle(args.bundle.resolve().name, args.bundle.resolve().parent.parent, name=args.bundle.resolve().parent.name)
     x_all = feature_matrix(bundle.features, pd.read_parquet(args.bundle / "training_set.parquet"))
     booster = bundle.booster
+    forest = bundle.forest
     options = {
-        "score.predict (prepared C call)": lambda x: predict(booster, x),
+        "trees.py walk (every path)": forest.probabilities,
+        "score.predict (XGBoost's prepared C call)": lambda x: predict(booster, x),
         "Booster.inplace_predict": lambda x: booster.inplace_predict(x),
     }
     with tempfile.TemporaryDirectory() as tmp:

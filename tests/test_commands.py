@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from training.paths import PROJECT_DIR
 
-HEAVY = ["feast", "pandas", "numpy", "pyarrow", "duckdb", "xgboost", "sklearn", "fastapi", "uvicorn", "matplotlib", "httpx", "redis"]
+HEAVY = ["feast", "pandas", "numpy", "pyarrow", "duckdb", "xgboost", "numba", "sklearn", "fastapi", "uvicorn", "matplotlib", "httpx", "redis"]
 QUICK = [
     ["--help"], ["generate", "--help"], ["apply", "--help"], ["train", "--help"], ["model", "--help"],
     ["score", "--help"], ["score", "status", "--help"], ["score", "top", "--help"], ["materialize", "--help"],

@@ -1,7 +1,8 @@
 """The model bundle: an XGBoost model plus the manifest that says which features it needs.
 
 A bundle is a directory `models/<name>/<version>/` holding `model.ubj` (XGBoost's own binary
-format, not pickle), `manifest.json` and the audited `training_set.parquet`. `latest` is a
+format, not pickle), `trees.npz` (the same trees as arrays, what every path walks:
+training/trees.py), `manifest.json` and the audited `training_set.parquet`. `latest` is a
 symlink switched atomically. Batch and online load bundles only through `load_bundle`, which
 refuses a bundle whose files were changed after training, whose feature list no longer
 matches the FeatureService in the Feast registry, or whose views' definitions moved since
@@ -25,10 +26,12 @@ import numpy as np
 import xgboost as xgb
 
 from training.paths import MODEL_DIR
+from training.trees import Forest, TreeModelError
 
 DEFAULT_MODEL_DIR = MODEL_DIR
 MODEL_NAME = "churn"
 MODEL_FILE = "model.ubj"
+TREES_FILE = "trees.npz"  # the model's trees as training/trees.py walks them, built from model.ubj at training
 MANIFEST_FILE = "manifest.json"
 TRAINING_SET_FILE = "training_set.parquet"
 LATEST = "latest"
@@ -76,6 +79,8 @@ class Bundle:
     manifest: dict[str, Any]
     booster: xgb.Booster
     features: list[FeatureSpec] = field(default_factory=list)
+    forest: Forest | None = None  # the booster's trees as training/score.py walks them, built at load
+    scoring_threads: int = 1  # one request, one thread; batch scoring sets its own
 
     @property
     def name(self) -> str:
@@ -172,9 +177,11 @@ def save_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
     try:
         booster.save_model(tmp / MODEL_FILE)
+        Forest.from_booster(booster).save(tmp / TREES_FILE)
         if training_set is not None:
             shutil.move(str(training_set), tmp / TRAINING_SET_FILE)
-        manifest = dict(manifest, schema_version=SCHEMA_VERSION, model_sha256=_sha256(tmp / MODEL_FILE))
+        manifest = dict(manifest, schema_version=SCHEMA_VERSION, model_sha256=_sha256(tmp / MODEL_FILE),
+                        trees_sha256=_sha256(tmp / TREES_FILE))
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
         os.replace(tmp, final)
     except BaseException:
@@ -232,17 +239,36 @@ def load_bundle(
         raise BundleError(f"{model_file} does not match its manifest's checksum: the bundle was changed after training")
     booster = xgb.Booster()
     booster.load_model(model_file)
-    booster.set_param({"nthread": 1})  # one request, one thread: batch scoring sets its own
+    booster.set_param({"nthread": 1})
+    forest = _forest(path, manifest, booster)
     features = [FeatureSpec.from_json(f) for f in manifest["features"]]
     if list(booster.feature_names or []) != [f.name for f in features]:
         raise BundleError(
             f"manifest of {path} lists features {_diff([f.name for f in features], booster.feature_names or [])} "
             "that differ from the model's: the manifest was changed after training"
         )
-    bundle = Bundle(path=path, manifest=manifest, booster=booster, features=features)
+    if forest.n_features != len(features):
+        raise BundleError(f"model of {path} reads {forest.n_features} features, its manifest lists {len(features)}")
+    bundle = Bundle(path=path, manifest=manifest, booster=booster, features=features, forest=forest)
     if store is not None:
         check_contract(bundle, store)
     return bundle
+
+
+def _forest(path: Path, manifest: dict[str, Any], booster: xgb.Booster) -> Forest:
+    """The trees the bundle saved at training (checked like the model file), or, for a bundle
+    from before they were saved or of another format, built from the booster."""
+    trees = path / TREES_FILE
+    if manifest.get("trees_sha256") and trees.is_file():
+        if _sha256(trees) != manifest["trees_sha256"]:
+            raise BundleError(f"{trees} does not match its manifest's checksum: the bundle was changed after training")
+        forest = Forest.load(trees)
+        if forest is not None:
+            return forest
+    try:
+        return Forest.from_booster(booster)
+    except TreeModelError as exc:
+        raise BundleError(f"model of {path} cannot be scored: {exc}") from exc
 
 
 def check_contract(bundle: Bundle, store=None, registry: Registered | None = None) -> Registered:

@@ -158,6 +158,9 @@ def train(as_of: str | None, model_dir: Path | None, repo: Path, max_rows: int, 
         r = m[key]
         click.echo(f"  {label:22}{r['roc_auc']:8.3f}{r['pr_auc']:8.3f}{r['log_loss']:9.4f}")
     click.echo(f"  decision threshold {b.threshold:.3f} (best F1 on validation); steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
+    sc = b.manifest["scorer"]
+    click.echo(f"  scored by training/trees.py: {sc['bit_equal_to_xgboost']:.2%} of {sc['rows_compared_with_xgboost']:,} validation "
+               f"probabilities bit-equal to XGBoost's own (largest difference {sc['max_abs_difference']:.2g})")
     click.echo(f"  bundle: {b.path}")
 
 

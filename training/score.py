@@ -1,7 +1,8 @@
 """The one scoring function: features -> (probability, prediction, risk segment).
 
-Training evaluation, batch scoring and the online service all call `score`, so the way a
-feature reaches the model (column order, int vs float, NaN vs None, known and unseen
+Training evaluation, batch scoring, the online service and the stream consumer all call
+`score`, and it scores with the bundle's trees walked by training/trees.py (XGBoost's own
+probabilities bit for bit, ~6x cheaper for one row); so the way a feature reaches the model (column order, int vs float, NaN vs None, known and unseen
 categories) is decided here and only here, from the bundle's manifest:
 
 - columns are taken by name in the manifest's order, whatever order the input has;
@@ -98,12 +99,12 @@ _PREDICT_ARGS = xgb_core.make_jcargs(type=0, training=False, iteration_begin=0, 
 
 
 def predict(booster: xgboost.Booster, matrix: np.ndarray) -> np.ndarray:
-    """`booster.inplace_predict(matrix)` (float32, C order, one model output per row).
+    """`booster.inplace_predict(matrix)` (float32, C order, one model output per row): XGBoost's
+    own answer, which training checks the tree walk against (training/train.py) and
+    bench/model_call.py measures it beside.
 
     The same C call with the same arguments (XGBoosterPredictFromDense), without the Python
-    set-up the wrapper redoes on every call: ~110 us per call on a hot CPU, ~650 us when the
-    caches are cold, as they are between the requests of a service (measured here, one row,
-    599 trees; the C call itself is ~100-300 us). tests/test_training.py checks the result is
+    set-up the wrapper redoes on every call. tests/test_training.py checks the result is
     inplace_predict's, bit for bit.
     """
     shape, dims, out = ctypes.POINTER(xgb_core.c_bst_ulong)(), xgb_core.c_bst_ulong(), ctypes.POINTER(ctypes.c_float)()
@@ -131,7 +132,7 @@ def score(bundle: Bundle, features: Features) -> Scores:
     matrix = feature_matrix(bundle.features, features)
     if len(matrix) == 0:
         return Scores(np.empty(0), np.empty(0, dtype=np.int64), [])
-    probability = predict(bundle.booster, matrix).astype(np.float64)
+    probability = bundle.forest.probabilities(matrix, bundle.scoring_threads).astype(np.float64)
     prediction = (probability >= bundle.threshold).astype(np.int64)
     uppers, names = bundle.segment_bounds
     segment = names[np.searchsorted(uppers, probability, side="right")]

@@ -32,7 +32,8 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from training.bundle import DEFAULT_MODEL_DIR, MODEL_NAME, Bundle, FeatureSpec, load_bundle, registered, save_bundle, service_contract
 from training.dataset import TrainingSet, build_training_set, write_training_set
 from training.generate import LABEL_HORIZON_DAYS
-from training.score import feature_matrix, score
+from training.score import feature_matrix, predict, score
+from training.trees import Forest
 
 SERVICE = "churn_v1"  # the default contract; `skewless train --feature-service churn_v2` adds the live features
 SEED = 7
@@ -156,6 +157,19 @@ def boosting_rounds(frame, train_mask, x_all, y, names, feature_types) -> int:
     return max(20, probe.best_iteration + 1)
 
 
+def scorer_check(walked: np.ndarray, xgboost_own: np.ndarray) -> dict:
+    """What the manifest says of the scorer its metrics came from: the tree walk every path
+    uses, and how far its validation probabilities are from XGBoost's own predict (bit-equal
+    by construction; a difference here would mean the walk and XGBoost disagree on a rule)."""
+    same = walked == xgboost_own.astype(np.float64)
+    return {
+        "name": "training/trees.py (XGBoost's trees walked by a numba loop)",
+        "rows_compared_with_xgboost": int(len(walked)),
+        "bit_equal_to_xgboost": float(same.mean()) if len(walked) else 1.0,
+        "max_abs_difference": float(np.max(np.abs(walked - xgboost_own))) if len(walked) else 0.0,
+    }
+
+
 def train(
     store,
     repo_path: Path,
@@ -192,7 +206,9 @@ def train(
     step("evaluate on later label dates")
     v = valid_mask.to_numpy()
     yv = y[v]
-    p_model = booster.inplace_predict(x_all[v], validate_features=False).astype(np.float64)
+    # the metrics come from the scorer every path uses (training/trees.py), checked against XGBoost's own predict
+    p_model = Forest.from_booster(booster).probabilities(np.ascontiguousarray(x_all[v])).astype(np.float64)
+    scorer = scorer_check(p_model, predict(booster, np.ascontiguousarray(x_all[v])))
     base = baseline_model(specs)
     base.fit(ts.frame.loc[train_mask, names], y[train_mask.to_numpy()])
     p_base = base.predict_proba(ts.frame.loc[valid_mask, names])[:, 1]
@@ -237,6 +253,7 @@ def train(
             "threshold_rule": "maximises F1 on the validation label dates",
             "risk_segments": risk_segments(threshold, metrics["validation_churn_rate"]),
             "risk_segment_rule": f"Low below the decision threshold; High from {HIGH_RISK_LIFT:g}x the validation churn rate",
+            "scorer": scorer,
             "params": {**XGB_PARAMS, "num_boost_round": booster.num_boosted_rounds()},
             "training_data_sha256": fingerprint,
             "libraries": {pkg: pkg_version(pkg) for pkg in ("feast", "xgboost-cpu", "pandas", "numpy", "scikit-learn", "duckdb")}
