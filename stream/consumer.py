@@ -119,6 +119,7 @@ class Consumer:
         self._flushing: threading.Thread | None = None
         self._pending = {"state": [], "scores": []}  # (staged file, rows) since the last flush
         self.flush(from_disk=True)  # what a previous run staged and did not get to flush
+        score(self.bundle, {f.name: [None] for f in self.bundle.features})  # the compiled walk loaded before the first event
 
     # ------------------------------------------------------------------ one batch
     def step(self, count: int = 100, block_ms: int = 50, deliveries: list[Delivery] | None = None) -> BatchResult:
