@@ -208,3 +208,6 @@ def model(version: str, model_dir: Path | None) -> None:
         r = m["metrics"][key]
         click.echo(f"  {key:20} ROC-AUC {r['roc_auc']:.3f}  PR-AUC {r['pr_auc']:.3f}  log loss {r['log_loss']:.4f}")
     click.echo(f"  threshold {b.threshold:.3f}; segments " + ", ".join(f"{s['name']}<{s['upper']:.3f}" if s["upper"] else s["name"] for s in b.segments))
+    sc = m.get("scorer")  # bundles from before the tree walk: metrics from XGBoost's own predict
+    click.echo(f"  metrics scored by {sc['name']}, {sc['bit_equal_to_xgboost']:.2%} bit-equal to XGBoost" if sc
+               else "  metrics scored by XGBoost's predict (a bundle from before the tree walk; scored now by training/trees.py)")
