@@ -79,7 +79,7 @@ class Bundle:
     manifest: dict[str, Any]
     booster: xgb.Booster
     features: list[FeatureSpec] = field(default_factory=list)
-    forest: Forest | None = None  # the booster's trees as training/score.py walks them, built at load
+    forest: Forest | None = None  # the trees training/score.py walks (trees.npz), set by load_bundle
     scoring_threads: int = 1  # one request, one thread; batch scoring sets its own
 
     @property
@@ -239,7 +239,7 @@ def load_bundle(
         raise BundleError(f"{model_file} does not match its manifest's checksum: the bundle was changed after training")
     booster = xgb.Booster()
     booster.load_model(model_file)
-    booster.set_param({"nthread": 1})
+    booster.set_param({"nthread": 1})  # XGBoost's own predict, kept for comparisons (bench/model_call.py)
     forest = _forest(path, manifest, booster)
     features = [FeatureSpec.from_json(f) for f in manifest["features"]]
     if list(booster.feature_names or []) != [f.name for f in features]:

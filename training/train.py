@@ -207,8 +207,9 @@ def train(
     v = valid_mask.to_numpy()
     yv = y[v]
     # the metrics come from the scorer every path uses (training/trees.py), checked against XGBoost's own predict
-    p_model = Forest.from_booster(booster).probabilities(np.ascontiguousarray(x_all[v])).astype(np.float64)
-    scorer = scorer_check(p_model, predict(booster, np.ascontiguousarray(x_all[v])))
+    x_valid = np.ascontiguousarray(x_all[v])
+    p_model = Forest.from_booster(booster).probabilities(x_valid).astype(np.float64)
+    scorer = scorer_check(p_model, predict(booster, x_valid))
     base = baseline_model(specs)
     base.fit(ts.frame.loc[train_mask, names], y[train_mask.to_numpy()])
     p_base = base.predict_proba(ts.frame.loc[valid_mask, names])[:, 1]

@@ -4,10 +4,11 @@ XGBoost's own predict spends ~35 us a call before it walks a tree (its C API bui
 matrix, parses JSON arguments, sets up the predictor), and reaches its trees through ~600 heap
 objects that a service's other work evicts from the caches between requests. Here the trees
 are copied once, when a bundle is loaded, into one array of nodes (~750 KB for 599 trees of
-depth 4) and walked by a loop that numba compiles (cached beside this file): one row ~7.5 us
-instead of ~42 hot, 100 rows ~0.9 ms against XGBoost's ~0.6, with the same rules as XGBoost's CPU predictor, so the probabilities are
-XGBoost's bit for bit (checked on every model at training, recorded in its manifest:
-training/train.py, and by tests/test_trees.py):
+depth 4) and walked by a loop that numba compiles (cached beside this file): one row 17 us
+instead of 48 hot and 60 instead of 215 with cold caches (bench/model_call.py), though 100
+rows at once ~0.9 ms against XGBoost's ~0.6. The rules are XGBoost's CPU predictor's, so the
+probabilities are XGBoost's bit for bit (checked on every model at training and recorded in
+its manifest: training/train.py; and by tests/test_trees.py):
 
 - a numerical split goes left when the value is below the threshold (float32 compare);
 - a missing value (NaN) goes to the node's default child;
