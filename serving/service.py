@@ -49,7 +49,7 @@ from serving.schemas import Prediction, ServedRunInfo, StoredScore
 from serving.scores import NoScoresView, ScoreStore
 from serving.settings import Settings
 from training.bundle import Bundle, Registered, check_contract, load_bundle
-from training.score import score
+from training.score import score, warm_up
 
 log = logging.getLogger("skewless.online")
 STORE_ERRORS = (redis.RedisError, OSError)
@@ -333,7 +333,7 @@ def load_model(settings: Settings, store, version: str, current: Model | None = 
         watched = Watched.for_lookup(store, lookup, settings.feature_max_lag)
         scores = ScoreStore.open(store, (bundle.name, bundle.version), settings.score_max_age)
         metrics = ServiceMetrics(list(lookup.view_features))
-    score(bundle, {f.name: [None] for f in bundle.features})  # first-call costs before the first request
+    warm_up(bundle)
     feature_log = None
     if settings.feature_log:
         feature_log = FeatureLogger(

@@ -49,7 +49,7 @@ from serving.features import FeatureLookup, RedisReader
 from stream import metrics
 from stream.source import SCORES_STREAM, Delivery, EventSource
 from stream.state import FIELDS, FUTURE_SKEW_S, SEATS_EVENTS, AccountState, BadEvent, Event, apply, parse
-from training.score import score
+from training.score import score, warm_up
 
 log = logging.getLogger("skewless.stream")
 STATE_VIEW = "account_state"
@@ -119,7 +119,7 @@ class Consumer:
         self._flushing: threading.Thread | None = None
         self._pending = {"state": [], "scores": []}  # (staged file, rows) since the last flush
         self.flush(from_disk=True)  # what a previous run staged and did not get to flush
-        score(self.bundle, {f.name: [None] for f in self.bundle.features})  # the compiled walk loaded before the first event
+        warm_up(self.bundle)
 
     # ------------------------------------------------------------------ one batch
     def step(self, count: int = 100, block_ms: int = 50, deliveries: list[Delivery] | None = None) -> BatchResult:

@@ -51,7 +51,8 @@ def test_walk_is_xgboost_bit_for_bit(depth, categories):
     for rows in (x, _hostile(x, categories), np.ascontiguousarray(x[:1])):
         assert np.array_equal(forest.probabilities(rows), predict(booster, rows))
     assert forest.probabilities(np.ascontiguousarray(x[:0])).shape == (0,)
-    assert np.array_equal(forest.probabilities(x, threads=2), forest.probabilities(x))  # the split changes nothing
+    many = np.ascontiguousarray(np.tile(_hostile(x, categories), (6, 1)))  # 18,000 rows: past PARALLEL_ROWS a thread
+    assert np.array_equal(forest.probabilities(many, threads=2), forest.probabilities(many))  # the split changes nothing
 
 
 def test_walk_accepts_reg_logistic():

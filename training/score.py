@@ -128,6 +128,13 @@ def _array_interface(matrix: np.ndarray) -> str:
     return json.dumps(matrix.__array_interface__)
 
 
+def warm_up(bundle: Bundle) -> None:
+    """Score one all-missing row, so that the first real call does not pay the first-call costs
+    (numba's compiled walk loaded from its cache, ~0.3 s): the service and the stream consumer
+    call it before they take traffic."""
+    score(bundle, {f.name: [None] for f in bundle.features})
+
+
 def score(bundle: Bundle, features: Features) -> Scores:
     """Score rows of features (a DataFrame or a dict of columns) with a bundle."""
     matrix = feature_matrix(bundle.features, features)
