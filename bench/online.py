@@ -9,8 +9,9 @@
 2. Starts a private redis-server on a loopback port and fills it with Feast's materialize
    (activity from 120 days back, as a long-running Redis holds rows that have since expired).
 3. Starts the service with the real command (`skewless serve --workers N`), the same with an
-   API key required, the same with dynamic batching off (SKEWLESS_BATCH_MAX_IDS=1), and stock
-   `feast serve -w N`, on the same repo and Redis.
+   API key required, the same with dynamic batching off (SKEWLESS_BATCH_MAX_IDS=1), the same with
+   /predict's fast path off (SKEWLESS_PREDICT_FAST_PATH=false: every request through FastAPI's
+   route), and stock `feast serve -w N`, on the same repo and Redis.
 4. Drives each with an open-loop load generator in its own process (`OpenLoop`): request i is
    sent at t0 + i/rate whatever happened before, on an idle keep-alive connection (a new one
    when none is idle, up to 64), and its latency is measured from that due time, so queueing
@@ -489,7 +490,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10, help="Length of each measured scenario.")
     ap.add_argument("--workers", type=int, default=2, help="Worker processes of each server.")
     ap.add_argument("--no-feast", action="store_true", help="Skip the feast serve scenarios.")
-    ap.add_argument("--only", default=None, help="Run only the scenarios whose name contains this text (e.g. scores).")
+    ap.add_argument("--only", default=None, help="Run only the scenarios whose name contains this text, or one of these comma-separated texts (e.g. scores,feast).")
     ap.add_argument("--repeat", type=int, default=3, help="Rounds over all scenarios; the table shows the median round and each round's p50/p99.")
     args = ap.parse_args()
 
@@ -541,6 +542,12 @@ def main() -> None:
                                "--repo", str(repo), "--model-dir", str(models)], env | {"SKEWLESS_BATCH_MAX_IDS": "1"}, ROOT, single_log)
             procs.append(unbatched)
             wait_ready(f"http://127.0.0.1:{single_port}/ready", unbatched, single_log)
+            # the same service with every /predict through FastAPI's route: what the fast path saves, same run
+            routed_port, routed_log = free_port(), repo.parent / "service_routed.log"
+            routed = start([sys.executable, "-m", "training", "serve", "--port", str(routed_port), "--workers", str(args.workers),
+                            "--repo", str(repo), "--model-dir", str(models)], env | {"SKEWLESS_PREDICT_FAST_PATH": "false"}, ROOT, routed_log)
+            procs.append(routed)
+            wait_ready(f"http://127.0.0.1:{routed_port}/ready", routed, routed_log)
 
             single = [http_post("/predict", {"customer_id": c}) for c in sample]
             single_key = [http_post("/predict", {"customer_id": c}, BENCH_KEY) for c in sample]
@@ -565,6 +572,7 @@ def main() -> None:
 
             run_load(app_port, single, 100, 3)  # warm up the servers
             run_load(single_port, single, 100, 3)
+            run_load(routed_port, single, 100, 3)
             if feast:
                 run_load(feast_port, feast_req, 100, 3)
             scenarios = [
@@ -577,6 +585,8 @@ def main() -> None:
                 ("skewless POST /predict", app, app_port, single, 2000, "/predict"),
                 ("skewless POST /predict, no batching", unbatched, single_port, single, 200, "/predict"),
                 ("skewless POST /predict, no batching", unbatched, single_port, single, 1000, "/predict"),
+                ("skewless POST /predict, fast path off", routed, routed_port, single, 1000, "/predict"),
+                ("skewless POST /predict, fast path off", routed, routed_port, single, 2000, "/predict"),
                 ("skewless POST /predict, API key", keyed, keyed_port, single_key, 200, "/predict"),
                 ("skewless POST /predict, API key", keyed, keyed_port, single_key, 1000, "/predict"),
                 ("skewless POST /predict, rollout meanwhile", app, app_port, single, 1000, "/predict"),
@@ -593,7 +603,7 @@ def main() -> None:
                     ("feast serve churn_scores (1 ID)", feast, feast_port, feast_scores, 1000, None),
                 ]
             if args.only:
-                scenarios = [sc for sc in scenarios if args.only in sc[0]]
+                scenarios = [sc for sc in scenarios if any(part in sc[0] for part in args.only.split(","))]
             for rep in range(args.repeat):  # rounds over every scenario: a noisy minute spreads over all of them
                 for name, proc, port, payloads, rate, route in scenarios:
                     before = scrape(port) if route else {}

@@ -21,7 +21,6 @@ import contextlib
 import logging
 import math
 import signal
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
@@ -32,13 +31,14 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel
 from starlette.responses import Response
 
 from serving.auth import ApiKeys
 from serving.breaker import StoreUnavailable
+from serving.metrics import ERRORS, render
+from serving.middleware import PredictFastPath, RequestMetrics
+from serving.responses import PydanticJSON, no_features, store_unavailable
 from serving.rollout import Rollout
-from serving.metrics import ERRORS, REQUESTS, render
 from serving.schemas import (
     INT64_MAX,
     BatchRequest,
@@ -123,81 +123,6 @@ MAX_ECHO_CHARS = 200
 MAX_ERRORS = 20
 
 
-class RequestMetrics:
-    """Pure ASGI middleware: latency by route template and status, and the request-size limit.
-
-    Pure ASGI rather than @app.middleware("http"), which wraps every request in extra tasks and
-    streams; this costs a few microseconds.
-    """
-
-    def __init__(self, app, max_body_bytes: int):
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.histograms: dict[tuple[str, str, int], object] = {}  # labelled children, resolved once each
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        t = time.perf_counter()
-        status = 500
-
-        async def send_status(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            length = next((value for name, value in scope["headers"] if name == b"content-length"), None)
-            too_large = length is not None and length.isdigit() and int(length) > self.max_body_bytes
-            if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
-                # no Content-Length (chunked): count the bytes as they arrive, before anything parses them
-                body, too_large = await self._read_capped(receive)
-                receive = _replay(body, receive)
-            if too_large:
-                ERRORS.labels(kind="too_large").inc()
-                response = JSONResponse({"detail": f"request body over {self.max_body_bytes:,} bytes"}, status_code=413,
-                                        headers={"Connection": "close"})
-                return await response(scope, receive, send_status)
-            await self.app(scope, receive, send_status)
-        finally:
-            key = (getattr(scope.get("route"), "path", "unmatched"), scope["method"], status)
-            histogram = self.histograms.get(key)
-            if histogram is None:
-                histogram = self.histograms[key] = REQUESTS.labels(route=key[0], method=key[1], status=str(status))
-            histogram.observe(time.perf_counter() - t)
-
-
-    async def _read_capped(self, receive) -> tuple[bytes, bool]:
-        """The whole body, or (what was read, True) as soon as it passes the limit."""
-        parts, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return b"".join(parts), False  # a disconnect: the route sees an empty body
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                return b"", True
-            parts.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(parts), False
-
-
-def _replay(body: bytes, receive):
-    """An ASGI `receive` that hands over the already-read body once, then the real channel."""
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
 def _capped(value):
     """What a 422 repeats of the input: at most MAX_ECHO_ITEMS items a list or dict and
     MAX_ECHO_CHARS a string, so 1,001 IDs in is not 1,001 IDs out."""
@@ -211,20 +136,6 @@ def _capped(value):
         head = {str(k)[:MAX_ECHO_CHARS]: _capped(v) for k, v in items[:MAX_ECHO_ITEMS]}
         return head | ({"...": f"{len(items):,} keys"} if len(items) > MAX_ECHO_ITEMS else {})
     return value
-
-
-class PydanticJSON(Response):
-    """A response model serialized by Pydantic itself (nulls left out).
-
-    The routes declare `response_model` for the OpenAPI schema, but return this: FastAPI would
-    otherwise validate every outgoing object again (the service builds them from values it
-    already checked), which costs more than the rest of the route for a batch of 100.
-    """
-
-    media_type = "application/json"
-
-    def __init__(self, model: BaseModel, status_code: int = 200):
-        super().__init__(model.model_dump_json(exclude_none=True), status_code=status_code)
 
 
 def _json_safe(value):
@@ -253,11 +164,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.api_keys = ApiKeys(settings.api_keys, settings.api_keys_file)
-    app.add_middleware(RequestMetrics, max_body_bytes=settings.max_body_bytes)
+    if settings.predict_fast_path:
+        app.add_middleware(PredictFastPath)
+    app.add_middleware(RequestMetrics, max_body_bytes=settings.max_body_bytes)  # added last: the outer one
 
     @app.exception_handler(StoreUnavailable)
-    async def store_unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+    async def unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        return store_unavailable(exc)
 
     @app.exception_handler(NoScoresView)
     async def no_scores_view(_: Request, exc: NoScoresView) -> JSONResponse:
@@ -293,8 +206,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         prediction = await service.predict_one(body.customer_id, include_features)
         if prediction.status == "not_found":
             ERRORS.labels(kind="not_found").inc()
-            raise HTTPException(404, f"customer {body.customer_id} has no features in the online store "
-                                     "(never materialized, or every row is past its view's TTL)")
+            return no_features(body.customer_id)
         return PydanticJSON(prediction)
 
     @app.post("/predict/batch", response_model=BatchResponse, response_model_exclude_none=True, tags=["predict"],

@@ -1,0 +1,122 @@
+"""POST /predict's fast path (serving/middleware.py): plain requests are answered before FastAPI's
+routing with exactly the route's answers; every other request reaches the route with its body
+whole. Real Redis, the real app with the fast path on and off."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from test_online import make_settings
+
+from serving.app import create_app
+from serving.middleware import PredictFastPath
+
+KEY = "sk_fast-path-key"
+JSON = {"content-type": "application/json"}
+
+
+def both(live, tmp_path, **settings):
+    """The same app twice: the fast path on, then off."""
+    base = make_settings(live, tmp_path)
+    return (TestClient(create_app(base.model_copy(update={**settings, "predict_fast_path": True}))),
+            TestClient(create_app(base.model_copy(update={**settings, "predict_fast_path": False}))))
+
+
+def answer(r) -> tuple:
+    """What a client sees, less the request time (features_as_of is each request's own now)."""
+    body = r.json()
+    if isinstance(body, dict):
+        body.pop("features_as_of", None)
+    return r.status_code, r.headers.get("content-type"), r.headers.get("www-authenticate"), r.headers.get("retry-after"), body
+
+
+def requests_to_compare(known) -> list[tuple[str, dict]]:
+    fresh, expired, unknown = known["fresh"], known["expired"], known["unknown"]
+    plain = [
+        ("/predict", {"json": {"customer_id": fresh}}),
+        ("/predict?include_features=true", {"json": {"customer_id": fresh}}),
+        ("/predict?include_features=false", {"json": {"customer_id": fresh}}),
+        ("/predict?include_features=true", {"json": {"customer_id": expired}}),
+        ("/predict", {"json": {"customer_id": unknown}}),  # 404
+        ("/predict", {"content": b'{ "customer_id" : %d }' % fresh, "headers": JSON}),
+    ]
+    handed_on = [
+        ("/predict?include_features=1", {"json": {"customer_id": fresh}}),
+        ("/predict?include_features=maybe", {"json": {"customer_id": fresh}}),
+        ("/predict?other=1", {"json": {"customer_id": fresh}}),
+        ("/predict", {"json": {"customer_id": True}}),
+        ("/predict", {"json": {"customer_id": "42"}}),
+        ("/predict", {"json": {"customer_id": -1}}),
+        ("/predict", {"json": {"customer_id": 2**63}}),
+        ("/predict", {"json": {"customer_id": fresh, "x": 1}}),
+        ("/predict", {"json": {"customer_ids": [fresh]}}),
+        ("/predict", {"json": [fresh]}),
+        ("/predict", {"content": b'{"customer_id": 1.0}', "headers": JSON}),
+        ("/predict", {"content": b'{"customer_id": NaN}', "headers": JSON}),
+        ("/predict", {"content": b"{not json", "headers": JSON}),
+        ("/predict", {"content": b"", "headers": JSON}),
+        ("/predict", {"content": b'{"customer_id": %d}' % fresh, "headers": {"content-type": "text/plain"}}),
+        ("/predict", {"content": b'{"customer_id": %d}' % fresh, "headers": {"content-type": "application/json; charset=utf-8"}}),
+    ]
+    return plain + handed_on
+
+
+def test_every_request_gets_the_routes_answer(live, known, tmp_path):
+    on, off = both(live, tmp_path)
+    with on, off:
+        for path, kw in requests_to_compare(known):
+            assert answer(on.post(path, **kw)) == answer(off.post(path, **kw)), (path, kw)
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": f"Bearer {KEY}"}, {"Authorization": f"bearer {KEY}"},
+                                     {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}, {"Authorization": "Bearer"}])
+def test_the_api_key_is_checked_as_the_route_checks_it(live, known, tmp_path, headers):
+    on, off = both(live, tmp_path, api_keys=KEY)
+    with on, off:
+        for path, kw in requests_to_compare(known)[:5]:
+            kw = {**kw, "headers": {**kw.get("headers", {}), **headers}}
+            assert answer(on.post(path, **kw)) == answer(off.post(path, **kw)), (path, kw)
+
+
+def test_plain_requests_are_answered_before_the_router_and_the_rest_reach_it_whole(live, known, tmp_path):
+    """Called as ASGI with a stand-in for what follows it: which requests reach it, with which body."""
+    reached: list[bytes] = []
+
+    async def router(scope, receive, send):
+        parts, more = [], True
+        while more:
+            message = await receive()
+            parts.append(message["body"])
+            more = message["more_body"]
+        reached.append(b"".join(parts))
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def post(app, query: bytes, body: bytes) -> int:
+        sent = []
+        scope = {"type": "http", "method": "POST", "path": "/predict", "root_path": "", "query_string": query, "app": app,
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+        chunks = [body[:5], body[5:]]  # sent in two parts: the fast path reads them all
+
+        async def receive():
+            return {"type": "http.request", "body": chunks.pop(0), "more_body": bool(chunks)}
+
+        async def send(message):
+            sent.append(message)
+
+        await PredictFastPath(router)(scope, receive, send)
+        return sent[0]["status"]
+
+    with TestClient(create_app(make_settings(live, tmp_path))) as client:  # starts the service
+        app = client.app
+        fresh = json.dumps({"customer_id": known["fresh"]}).encode()
+        assert asyncio.run(post(app, b"", fresh)) == 200
+        assert asyncio.run(post(app, b"", json.dumps({"customer_id": known["unknown"]}).encode())) == 404
+        assert reached == []
+        odd = b'{"customer_id": "%d"}' % known["fresh"]
+        assert asyncio.run(post(app, b"", odd)) == 299
+        assert asyncio.run(post(app, b"include_features=yes", fresh)) == 299
+        assert reached == [odd, fresh]
