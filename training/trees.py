@@ -4,9 +4,9 @@ XGBoost's own predict spends ~35 us a call before it walks a tree (its C API bui
 matrix, parses JSON arguments, sets up the predictor), and reaches its trees through ~600 heap
 objects that a service's other work evicts from the caches between requests. Here the trees
 are copied once, when a bundle is loaded, into one array of nodes (~750 KB for 599 trees of
-depth 4) and walked by a loop that numba compiles (cached beside this file): one row 17 us
-instead of 48 hot and 60 instead of 215 with cold caches (bench/model_call.py), though 100
-rows at once ~0.9 ms against XGBoost's ~0.6. The rules are XGBoost's CPU predictor's, so the
+depth 4) and walked by a loop that numba compiles (cached beside this file): one row 13 us
+instead of 52 hot and ~135 instead of ~400 with cold caches (bench/model_call.py, 2026-12-06),
+though 100 rows at once hot 0.79 ms against XGBoost's 0.68 (cold 0.99 against 1.06). The rules are XGBoost's CPU predictor's, so the
 probabilities are XGBoost's bit for bit (checked on every model at training and recorded in
 its manifest: training/train.py; and by tests/test_trees.py):
 
@@ -183,8 +183,10 @@ def _walk(x, nodes, roots, depths, cat_bits, base_score, out):  # pragma: no cov
                 for _ in range(depth):
                     node = nodes[n]
                     v = x[r, node.feature]
-                    if not node.flags & CATEGORICAL:  # NaN fails `v < value` and takes the default side
-                        n = node.left + (0 if v < node.value else (1 if v == v else node.flags & DEFAULT_RIGHT))
+                    if not node.flags & CATEGORICAL:
+                        # right unless below the threshold; NaN fails `v < value` and `v == v`: the default side.
+                        # Computed without a branch: one mispredicted per step cost ~20% of a 100-row walk
+                        n = node.left + (np.int32(not v < node.value) & (np.int32(v == v) | (node.flags & DEFAULT_RIGHT)))
                     elif v != v:  # missing
                         n = node.left + (node.flags & DEFAULT_RIGHT)
                     else:
