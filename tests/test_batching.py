@@ -92,6 +92,43 @@ def test_a_lone_request_never_waits(live, known, tmp_path):
     assert asyncio.run(one_by_one()) < 20 * 0.05  # had each waited its 50 ms, 1 s at least
 
 
+def test_a_steady_stream_waits_and_is_gathered(live, known, tmp_path):
+    """Requests arriving one every 2 ms, never together: with a 10 ms wait they are scored in groups."""
+    app = create_app(_settings(live, tmp_path, batch_wait_ms=10))
+
+    async def stream(n: int) -> list[int]:
+        async with lifespan(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client:
+                tasks = []
+                for _ in range(n):
+                    tasks.append(asyncio.ensure_future(client.post("/predict", json={"customer_id": known["fresh"]})))
+                    await asyncio.sleep(0.002)
+                return [r.status_code for r in await asyncio.gather(*tasks)]
+
+    calls0, customers0 = _batch_sizes()
+    assert asyncio.run(stream(150)) == [200] * 150
+    calls, customers = _batch_sizes()
+    assert customers - customers0 == 150
+    assert calls - calls0 < 150 / 2, "a steady stream was not gathered"
+
+
+def test_one_client_at_a_time_almost_never_waits(live, known, tmp_path):
+    """Behind a client that sends the next request only after the answer, waits gather nobody:
+    after one that did, the next 1, 2, 4, ... go at once, so 200 requests pay only a few waits."""
+
+    async def one_by_one(app, n: int) -> float:
+        async with lifespan(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client:
+                t = time.perf_counter()
+                for _ in range(n):
+                    assert (await client.post("/predict", json={"customer_id": known["fresh"]})).status_code == 200
+                return time.perf_counter() - t
+
+    at_once = asyncio.run(one_by_one(create_app(_settings(live, tmp_path / "a", batch_wait_ms=0)), 200))
+    waiting = asyncio.run(one_by_one(create_app(_settings(live, tmp_path / "b", batch_wait_ms=20)), 200))
+    assert waiting - at_once < 25 * 0.02, f"{waiting:.2f} s against {at_once:.2f} s: more than 25 of 200 requests waited"
+
+
 def test_a_batch_without_redis_answers_each_request_503(live, known, tmp_path, monkeypatch):
     with throwaway_redis() as endpoint:
         monkeypatch.setenv(REDIS_ENV, endpoint.feast)
