@@ -5,6 +5,8 @@
 The lifespan builds the service once per worker (serving/service.py: store, verified bundle,
 resolved features, feature log) and closes it on shutdown, which flushes the feature log.
 Routes are thin: validate (serving/schemas.py), call `Service.predict`, shape the answer.
+Two ASGI layers sit in front (serving/middleware.py): request metrics with the body-size limit,
+and POST /predict's fast path, which answers plain requests with the route's own answers.
 
 Routes are `async def` and call the blocking feature read directly, on purpose. A request is
 ~1 ms of CPU-bound Python with one Redis round trip of ~0.1 ms; handing it to the threadpool
