@@ -51,6 +51,10 @@ def test_walk_is_xgboost_bit_for_bit(depth, categories):
     for rows in (x, _hostile(x, categories), np.ascontiguousarray(x[:1])):
         assert np.array_equal(forest.probabilities(rows), predict(booster, rows))
     assert forest.probabilities(np.ascontiguousarray(x[:0])).shape == (0,)
+    hostile = _hostile(x, categories)
+    whole = forest.probabilities(hostile)
+    for n in (1, 7, 8, 9, 63, 65, 130):  # rows walked side by side, LANES at a time, and the fewer left at a block's end
+        assert np.array_equal(forest.probabilities(np.ascontiguousarray(hostile[5:5 + n])), whole[5:5 + n]), n
     many = np.ascontiguousarray(np.tile(_hostile(x, categories), (6, 1)))  # 18,000 rows: past PARALLEL_ROWS a thread
     assert np.array_equal(forest.probabilities(many, threads=2), forest.probabilities(many))  # the split changes nothing
 
