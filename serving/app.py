@@ -6,7 +6,8 @@ The lifespan builds the service once per worker (serving/service.py: store, veri
 resolved features, feature log) and closes it on shutdown, which flushes the feature log.
 Routes are thin: validate (serving/schemas.py), call `Service.predict`, shape the answer.
 Two ASGI layers sit in front (serving/middleware.py): request metrics with the body-size limit,
-and POST /predict's fast path, which answers plain requests with the route's own answers.
+and the fast path of POST /predict and /predict/batch, which answers plain requests with the
+routes' own answers.
 
 Routes are `async def` and call the blocking feature read directly, on purpose. A request is
 ~1 ms of CPU-bound Python with one Redis round trip of ~0.1 ms; handing it to the threadpool
@@ -39,7 +40,7 @@ from serving.auth import ApiKeys
 from serving.breaker import StoreUnavailable
 from serving.metrics import ERRORS, render
 from serving.middleware import PredictFastPath, RequestMetrics
-from serving.responses import PydanticJSON, no_features, store_unavailable
+from serving.responses import PydanticJSON, batch_answer, no_features, store_unavailable
 from serving.rollout import Rollout
 from serving.schemas import (
     INT64_MAX,
@@ -215,7 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
               responses=ERROR_RESPONSES)
     async def predict_batch(body: BatchRequest, service: ServiceDep, include_features: IncludeFeatures = False) -> Response:
         """Predictions for up to 1,000 customers in request order; an ID without features gets status not_found."""
-        return PydanticJSON(BatchResponse.model_construct(predictions=service.predict(body.customer_ids, include_features)))
+        return batch_answer(service.predict(body.customer_ids, include_features))
 
     # before /scores/{customer_id}: a wrong method on /scores/batch then answers 405 with `Allow: POST`, not GET
     @app.post("/scores/batch", response_model=ScoresResponse, response_model_exclude_none=True, tags=["scores"],

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from serving.breaker import StoreUnavailable
+from serving.schemas import BatchResponse, Prediction
 
 
 class PydanticJSON(Response):
@@ -25,6 +26,11 @@ class PydanticJSON(Response):
 
     def __init__(self, model: BaseModel, status_code: int = 200):
         super().__init__(model.model_dump_json(exclude_none=True), status_code=status_code)
+
+
+def batch_answer(predictions: list[Prediction]) -> PydanticJSON:
+    """200 of POST /predict/batch: the predictions in request order."""
+    return PydanticJSON(BatchResponse.model_construct(predictions=predictions))
 
 
 def store_unavailable(exc: StoreUnavailable) -> JSONResponse:

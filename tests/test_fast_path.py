@@ -1,4 +1,4 @@
-"""POST /predict's fast path (serving/middleware.py): plain requests are answered before FastAPI's
+"""The fast path of POST /predict and /predict/batch (serving/middleware.py): plain requests are answered before FastAPI's
 routing with exactly the route's answers; every other request reaches the route with its body
 whole. Real Redis, the real app with the fast path on and off."""
 
@@ -28,8 +28,8 @@ def both(live, tmp_path, **settings):
 def answer(r) -> tuple:
     """What a client sees, less the request time (features_as_of is each request's own now)."""
     body = r.json()
-    if isinstance(body, dict):
-        body.pop("features_as_of", None)
+    for p in body.get("predictions", [body]) if isinstance(body, dict) else []:
+        p.pop("features_as_of", None)
     return r.status_code, r.headers.get("content-type"), r.headers.get("www-authenticate"), r.headers.get("retry-after"), body
 
 
@@ -61,6 +61,25 @@ def requests_to_compare(known) -> list[tuple[str, dict]]:
         ("/predict", {"content": b'{"customer_id": %d}' % fresh, "headers": {"content-type": "text/plain"}}),
         ("/predict", {"content": b'{"customer_id": %d}' % fresh, "headers": {"content-type": "application/json; charset=utf-8"}}),
     ]
+    batch = "/predict/batch"
+    plain += [
+        (batch, {"json": {"customer_ids": [fresh, unknown, expired, fresh]}}),
+        (batch + "?include_features=true", {"json": {"customer_ids": [expired, fresh]}}),
+        (batch, {"json": {"customer_ids": [unknown]}}),
+        (batch, {"json": {"customer_ids": [fresh] * 1000}}),
+    ]
+    handed_on += [
+        (batch, {"json": {"customer_ids": [fresh] * 1001}}),
+        (batch, {"json": {"customer_ids": []}}),
+        (batch, {"json": {"customer_ids": [fresh, "1"]}}),
+        (batch, {"json": {"customer_ids": [fresh, True]}}),
+        (batch, {"json": {"customer_ids": [fresh, -1]}}),
+        (batch, {"json": {"customer_ids": [[fresh]]}}),
+        (batch, {"json": {"customer_ids": fresh}}),
+        (batch, {"json": {"customer_ids": [fresh], "x": 1}}),
+        (batch, {"json": {"customer_id": fresh}}),
+        (batch + "?include_features=yes", {"json": {"customer_ids": [fresh]}}),
+    ]
     return plain + handed_on
 
 
@@ -76,7 +95,7 @@ def test_every_request_gets_the_routes_answer(live, known, tmp_path):
 def test_the_api_key_is_checked_as_the_route_checks_it(live, known, tmp_path, headers):
     on, off = both(live, tmp_path, api_keys=KEY)
     with on, off:
-        for path, kw in requests_to_compare(known)[:5]:
+        for path, kw in requests_to_compare(known)[:5] + requests_to_compare(known)[6:8]:
             kw = {**kw, "headers": {**kw.get("headers", {}), **headers}}
             assert answer(on.post(path, **kw)) == answer(off.post(path, **kw)), (path, kw)
 
@@ -95,9 +114,9 @@ def test_plain_requests_are_answered_before_the_router_and_the_rest_reach_it_who
         await send({"type": "http.response.start", "status": 299, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    async def post(app, query: bytes, body: bytes) -> int:
+    async def post(app, query: bytes, body: bytes, path: str = "/predict") -> int:
         sent = []
-        scope = {"type": "http", "method": "POST", "path": "/predict", "root_path": "", "query_string": query, "app": app,
+        scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "query_string": query, "app": app,
                  "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
         chunks = [body[:5], body[5:]]  # sent in two parts: the fast path reads them all
 
@@ -115,8 +134,11 @@ def test_plain_requests_are_answered_before_the_router_and_the_rest_reach_it_who
         fresh = json.dumps({"customer_id": known["fresh"]}).encode()
         assert asyncio.run(post(app, b"", fresh)) == 200
         assert asyncio.run(post(app, b"", json.dumps({"customer_id": known["unknown"]}).encode())) == 404
+        batch = json.dumps({"customer_ids": [known["fresh"], known["unknown"]]}).encode()
+        assert asyncio.run(post(app, b"include_features=true", batch, "/predict/batch")) == 200
         assert reached == []
         odd = b'{"customer_id": "%d"}' % known["fresh"]
         assert asyncio.run(post(app, b"", odd)) == 299
         assert asyncio.run(post(app, b"include_features=yes", fresh)) == 299
-        assert reached == [odd, fresh]
+        assert asyncio.run(post(app, b"", batch[:-1], "/predict/batch")) == 299  # malformed: the route's 422
+        assert reached == [odd, fresh, batch[:-1]]
