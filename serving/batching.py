@@ -23,8 +23,8 @@ How requests are gathered (no thread, no timer at low load):
   at low load, or behind one client that sends a request only after the previous answer, a
   request goes at once (bar one in up to 256 that tries). Measured with two workers
   (bench/online.py, 2026-12-06): at 2,000/s a scoring call takes ~2 requests and a request
-  costs 0.32 ms of server CPU instead of 0.51 without the wait, for a p50 of 2.3 ms instead of
-  0.8 (p99 4.4 and 5.0). uvloop's timers count whole milliseconds (a 1 ms wait is 0-1 ms), so
+  costs 0.32 ms of server CPU instead of 0.51 without the wait, for a p50 of ~2.5 ms instead of
+  0.8 (p99 4.8 and 5.0). uvloop's timers count whole milliseconds (a 1 ms wait is 0-1 ms), so
   1 ms gathered too little there (0.41 ms). 0 gives the lowest latency under load.
 
 A batch holds at most `max_ids` customers (SKEWLESS_BATCH_MAX_IDS); further requests start the

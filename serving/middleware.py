@@ -1,4 +1,5 @@
-"""The ASGI layers in front of FastAPI: request metrics and size limit, and the fast path of /predict and /predict/batch.
+"""The ASGI layers in front of FastAPI: request metrics and size limit, and the fast path of
+POST /predict and /predict/batch.
 
 Both are plain ASGI callables (not `@app.middleware("http")`, which wraps every request in extra
 tasks and streams). `create_app` stacks them as RequestMetrics -> PredictFastPath -> FastAPI's
