@@ -85,7 +85,7 @@ class PredictFastPath:
     FastAPI spends ~0.25 ms of CPU on a /predict request around the service call (measured in
     process here: 0.59 ms through the app against 0.31 ms for `Service.predict_one`), most of it
     solving the route's dependencies (body, query, API key) in its generic way, about as much as
-    the feature read, transform and model together; ~0.3 ms more for a batch of 100 (its IDs
+    the feature read, transform and model together; ~0.4 ms for a batch of 100 (its IDs
     validated one by one). A plain request is recognised here with a few comparisons: exactly
     `{"customer_id": <int 0..2^63-1>}`, or `{"customer_ids": [1 to 1,000 of them]}`, as JSON
     (`Content-Type: application/json`), no query but `include_features=true|false`, and a valid
