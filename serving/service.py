@@ -146,7 +146,7 @@ class Service:
                 raise StoreUnavailable(f"the online store does not hold the features yet: {missing}")
             m.metrics.not_found.inc(n - n_found)
         if n_found == 0:
-            return [Prediction.model_construct(customer_id=c, status="not_found") for c in customer_ids]
+            return [Prediction.model_validate({"customer_id": c, "status": "not_found"}) for c in customer_ids]
         m.metrics.ok.inc(n_found)
         # score only the customers with features; the model never sees an all-missing row
         idx = [i for i in range(n) if found[i]]
@@ -175,17 +175,19 @@ class Service:
             wanted = [include_features] * n_found
         else:
             wanted = list(include_features) if n_found == n else [include_features[i] for i in idx]
+        # model_validate, not model_construct: Pydantic's validator (Rust) builds one in ~1 us, its
+        # model_construct (Python) in ~2.7; 0.17 ms of a batch of 100. The values pass unchanged.
         scored = [
-            Prediction.model_construct(
-                customer_id=cid, status="ok", churn_probability=p, churn_prediction=y, risk_segment=s,
-                model_name=name, model_version=version, features_as_of=as_of,
-                features={k: _json_value(v[j]) for k, v in feats.items()} if wanted[j] else None,
-            )
+            Prediction.model_validate({
+                "customer_id": cid, "status": "ok", "churn_probability": p, "churn_prediction": y, "risk_segment": s,
+                "model_name": name, "model_version": version, "features_as_of": as_of,
+                "features": {k: _json_value(v[j]) for k, v in feats.items()} if wanted[j] else None,
+            })
             for j, (cid, p, y, s) in enumerate(zip(ids, probability, prediction, scores.risk_segment))
         ]
         if n_found == n:
             return scored
-        out = [Prediction.model_construct(customer_id=c, status="not_found") for c in customer_ids]
+        out = [Prediction.model_validate({"customer_id": c, "status": "not_found"}) for c in customer_ids]
         for j, i in enumerate(idx):
             out[i] = scored[j]
         return out
