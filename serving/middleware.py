@@ -47,7 +47,7 @@ class RequestMetrics:
             too_large = length is not None and length.isdigit() and int(length) > self.max_body_bytes
             if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
                 # no Content-Length (chunked): count the bytes as they arrive, before anything parses them
-                body, too_large = await self._read_capped(receive)
+                body, too_large = await read_body(receive, self.max_body_bytes)
                 receive = replay(body, receive)
             if too_large:
                 ERRORS.labels(kind="too_large").inc()
@@ -61,21 +61,6 @@ class RequestMetrics:
             if histogram is None:
                 histogram = self.histograms[key] = REQUESTS.labels(route=key[0], method=key[1], status=str(status))
             histogram.observe(time.perf_counter() - t)
-
-    async def _read_capped(self, receive) -> tuple[bytes, bool]:
-        """The whole body, or (what was read, True) as soon as it passes the limit."""
-        parts, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return b"".join(parts), False  # a disconnect: the route sees an empty body
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                return b"", True
-            parts.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(parts), False
 
 
 class PredictFastPath:
@@ -115,10 +100,10 @@ class PredictFastPath:
             return await self.app(scope, receive, send)
         path = scope["path"]
         one = path == "/predict"
-        body = await _read_body(receive)
-        ids = None if body is None else (_plain_id(body) if one else _plain_ids(body))
+        body, _ = await read_body(receive)
+        ids = _plain_id(body) if one else _plain_ids(body)
         if ids is None:
-            return await self.app(scope, replay(body or b"", receive), send)
+            return await self.app(scope, replay(body, receive), send)
         scope["route"] = self._route(scope["app"], path)
         try:
             if one:
@@ -160,21 +145,21 @@ def _json_and_authorized(headers, keys) -> bool:
     return scheme.lower() == "bearer" and bool(credentials) and keys.allows(credentials)
 
 
-async def _read_body(receive) -> bytes | None:
-    """The request body, or None when the client went away while sending it."""
-    message = await receive()
-    if message["type"] != "http.request":
-        return None
-    body = message.get("body", b"")
-    if not message.get("more_body", False):
-        return body
-    parts = [body]
-    while message.get("more_body", False):
+async def read_body(receive, limit: float = float("inf")) -> tuple[bytes, bool]:
+    """The whole body, or (what was read, True) as soon as it passes `limit` bytes. A client
+    that goes away mid-body leaves what it sent (the route then answers a body it cannot read)."""
+    parts, size = [], 0
+    while True:
         message = await receive()
         if message["type"] != "http.request":
-            return None
-        parts.append(message.get("body", b""))
-    return b"".join(parts)
+            return b"".join(parts), False
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return b"", True
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts), False
 
 
 def _only_field(body: bytes, name: str):
