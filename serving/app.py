@@ -40,7 +40,7 @@ from serving.auth import ApiKeys
 from serving.breaker import StoreUnavailable
 from serving.metrics import ERRORS, render
 from serving.middleware import PredictFastPath, RequestMetrics
-from serving.responses import PydanticJSON, batch_answer, no_features, store_unavailable
+from serving.responses import PydanticJSON, batch_answer, prediction_answer, store_unavailable
 from serving.rollout import Rollout
 from serving.schemas import (
     INT64_MAX,
@@ -206,11 +206,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def predict(body: PredictRequest, service: ServiceDep, include_features: IncludeFeatures = False) -> Response:
         """Churn prediction for one customer, with features as of now."""
-        prediction = await service.predict_one(body.customer_id, include_features)
-        if prediction.status == "not_found":
-            ERRORS.labels(kind="not_found").inc()
-            return no_features(body.customer_id)
-        return PydanticJSON(prediction)
+        return prediction_answer(await service.predict_one(body.customer_id, include_features))
 
     @app.post("/predict/batch", response_model=BatchResponse, response_model_exclude_none=True, tags=["predict"],
               responses=ERROR_RESPONSES)

@@ -16,7 +16,7 @@ from fastapi.security.utils import get_authorization_scheme_param
 
 from serving.breaker import StoreUnavailable
 from serving.metrics import ERRORS, REQUESTS
-from serving.responses import PydanticJSON, batch_answer, no_features, store_unavailable
+from serving.responses import batch_answer, prediction_answer, store_unavailable
 from serving.schemas import INT64_MAX, MAX_BATCH
 
 PLAIN_QUERIES = {b"": False, b"include_features=false": False, b"include_features=true": True}
@@ -107,12 +107,7 @@ class PredictFastPath:
         scope["route"] = self._route(scope["app"], path)
         try:
             if one:
-                prediction = await service.predict_one(ids, include_features)
-                if prediction.status == "not_found":
-                    ERRORS.labels(kind="not_found").inc()
-                    response = no_features(ids)
-                else:
-                    response = PydanticJSON(prediction)
+                response = prediction_answer(await service.predict_one(ids, include_features))
             else:
                 response = batch_answer(service.predict(ids, include_features))
         except StoreUnavailable as exc:

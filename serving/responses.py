@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from serving.breaker import StoreUnavailable
+from serving.metrics import ERRORS
 from serving.schemas import BatchResponse, Prediction
 
 
@@ -26,6 +27,14 @@ class PydanticJSON(Response):
 
     def __init__(self, model: BaseModel, status_code: int = 200):
         super().__init__(model.model_dump_json(exclude_none=True), status_code=status_code)
+
+
+def prediction_answer(prediction: Prediction) -> Response:
+    """POST /predict's answer: the prediction, or the 404 when the customer has no features (counted)."""
+    if prediction.status == "not_found":
+        ERRORS.labels(kind="not_found").inc()
+        return no_features(prediction.customer_id)
+    return PydanticJSON(prediction)
 
 
 def batch_answer(predictions: list[Prediction]) -> PydanticJSON:
