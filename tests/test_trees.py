@@ -1,6 +1,7 @@
-"""The scorer (training/trees.py): XGBoost's trees walked by a compiled loop must give XGBoost's
-own probabilities bit for bit, on every kind of split and input the rules cover, and refuse a
-model whose rules it does not reproduce."""
+"""The scorer (training/trees.py): XGBoost's trees scored by compiled loops (QuickScorer, or the
+walk for trees of more than 64 leaves) must give XGBoost's own probabilities bit for bit, on
+every kind of split and input the rules cover, and refuse a model whose rules it does not
+reproduce."""
 
 from __future__ import annotations
 
@@ -44,10 +45,21 @@ def _hostile(x: np.ndarray, categories: int) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+def _walk_only(forest: Forest) -> Forest:
+    """The same trees, scored by the walk (what a forest with a tree of more than 64 leaves uses)."""
+    walked = Forest(forest.nodes, forest.roots, forest.depths, forest.cat_bits, forest.base_score, forest.n_features)
+    object.__setattr__(walked, "quick", None)
+    return walked
+
+
 @pytest.mark.parametrize("depth,categories", [(4, 3), (8, 3), (3, 150)])
 def test_walk_is_xgboost_bit_for_bit(depth, categories):
     booster, x = _model(depth=depth, categories=categories)
     forest = Forest.from_booster(booster)
+    assert (forest.quick is None) == (depth == 8)  # depth 8 grows trees of more than 64 leaves: the walk
+    for scorer in (forest, _walk_only(forest)):
+        for rows in (x, _hostile(x, categories)):
+            assert np.array_equal(scorer.probabilities(rows), predict(booster, rows)), (depth, scorer.quick is None)
     for rows in (x, _hostile(x, categories), np.ascontiguousarray(x[:1])):
         assert np.array_equal(forest.probabilities(rows), predict(booster, rows))
     assert forest.probabilities(np.ascontiguousarray(x[:0])).shape == (0,)
@@ -57,6 +69,18 @@ def test_walk_is_xgboost_bit_for_bit(depth, categories):
         assert np.array_equal(forest.probabilities(np.ascontiguousarray(hostile[5:5 + n])), whole[5:5 + n]), n
     many = np.ascontiguousarray(np.tile(_hostile(x, categories), (6, 1)))  # 18,000 rows: past PARALLEL_ROWS a thread
     assert np.array_equal(forest.probabilities(many, threads=2), forest.probabilities(many))  # the split changes nothing
+
+
+@pytest.mark.parametrize("categories,extra,leaves", [
+    (40, {"rounds": 20, "min_child_weight": 0, "reg_lambda": 0, "depth": 6}, 64),  # full trees: every bit of the mask
+    (3, {"rounds": 5, "gamma": 1e9}, 1),  # no split pays: every tree a single leaf
+])
+def test_quick_scorer_at_its_limits(categories, extra, leaves):
+    booster, x = _model(categories=categories, **extra)
+    forest = Forest.from_booster(booster)
+    assert forest.quick is not None and np.diff(forest.quick.leaf_start).max() == leaves
+    rows = _hostile(x, categories)
+    assert np.array_equal(forest.probabilities(rows), predict(booster, rows))
 
 
 def test_walk_accepts_reg_logistic():

@@ -157,13 +157,14 @@ def boosting_rounds(frame, train_mask, x_all, y, names, feature_types) -> int:
     return max(20, probe.best_iteration + 1)
 
 
-def scorer_check(walked: np.ndarray, xgboost_own: np.ndarray) -> dict:
-    """What the manifest says of the scorer its metrics came from: the tree walk every path
-    uses, and how far its validation probabilities are from XGBoost's own predict (bit-equal
-    by construction; a difference here would mean the walk and XGBoost disagree on a rule)."""
+def scorer_check(walked: np.ndarray, xgboost_own: np.ndarray, forest: Forest) -> dict:
+    """What the manifest says of the scorer its metrics came from: the compiled loop every path
+    uses for this forest, and how far its validation probabilities are from XGBoost's own predict
+    (bit-equal by construction; a difference here would mean it and XGBoost disagree on a rule)."""
     same = walked == xgboost_own.astype(np.float64)
+    loop = "QuickScorer" if forest.quick is not None else "the walk"
     return {
-        "name": "training/trees.py (XGBoost's trees walked by a numba loop)",
+        "name": f"training/trees.py ({loop} over XGBoost's trees, compiled by numba)",
         "rows_compared_with_xgboost": int(len(walked)),
         "bit_equal_to_xgboost": float(same.mean()) if len(walked) else 1.0,
         "max_abs_difference": float(np.max(np.abs(walked - xgboost_own))) if len(walked) else 0.0,
@@ -208,8 +209,9 @@ def train(
     yv = y[v]
     # the metrics come from the scorer every path uses (training/trees.py), checked against XGBoost's own predict
     x_valid = np.ascontiguousarray(x_all[v])
-    p_model = Forest.from_booster(booster).probabilities(x_valid).astype(np.float64)
-    scorer = scorer_check(p_model, predict(booster, x_valid))
+    forest = Forest.from_booster(booster)
+    p_model = forest.probabilities(x_valid).astype(np.float64)
+    scorer = scorer_check(p_model, predict(booster, x_valid), forest)
     base = baseline_model(specs)
     base.fit(ts.frame.loc[train_mask, names], y[train_mask.to_numpy()])
     p_base = base.predict_proba(ts.frame.loc[valid_mask, names])[:, 1]
