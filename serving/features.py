@@ -46,7 +46,7 @@ from redis.retry import Retry
 from typeguard import suppress_type_checks
 
 from online_store.redis_server import store_client
-from online_store.redis_layout import event_seconds, feature_field, int_key_layout, python_value, ts_field, view_name
+from online_store.redis_layout import events_seconds, feature_field, int_key_layout, python_values, ts_field, view_name
 from online_store.ttl_store import ensure_ttl, read_time, ttl_seconds
 from training.contract import resolve
 from training.dataset import REQUEST_TIME
@@ -144,21 +144,19 @@ class RedisReader:
         """
         keys = [self.key_layout.key(c) for c in customer_ids]
         replies = self._hmget(keys)
-        n = len(keys)
+        columns = list(zip(*replies)) if replies else [()] * len(self.fields)  # one per field, customers in order
         view_ts = {}
         for v in self.views:
-            ts_at, nf = v.start + len(v.features), len(v.features)
-            ts = [0.0] * n
-            cols = [[None] * n for _ in range(nf)]
-            for i, reply in enumerate(replies):
-                event = event_seconds(reply[ts_at])
-                if not event or (v.ttl_s and event + v.ttl_s < now_s):
-                    continue
-                ts[i] = event
-                for j in range(nf):
-                    cols[j][i] = python_value(reply[v.start + j])
+            ts = events_seconds(columns[v.start + len(v.features)])
+            if v.ttl_s:
+                ts = [t if t + v.ttl_s >= now_s else 0.0 for t in ts]
+            gone = [i for i, t in enumerate(ts) if not t]  # no row, or past the TTL: every feature None
+            for j, name in enumerate(v.features):
+                values = python_values(columns[v.start + j])
+                for i in gone:
+                    values[i] = None
+                into[name] = values
             view_ts[v.name] = ts
-            into.update(zip(v.features, cols))
         return view_ts
 
     def _hmget(self, keys: list[bytes]) -> list[list]:

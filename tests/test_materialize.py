@@ -183,7 +183,7 @@ def test_decoded_values_are_feasts_for_every_kind():
     from feast.protos.feast.types import Value_pb2 as V
     from feast.type_map import NULL_TIMESTAMP_INT_VALUE, feast_value_type_to_python_type
 
-    from online_store.redis_layout import python_value
+    from online_store.redis_layout import python_value, python_values
 
     values = [
         V.Value(string_val="ünïcødé"), V.Value(string_val=""), V.Value(bytes_val=b"\x00\xff"), V.Value(int64_val=-(2**63)),
@@ -198,13 +198,29 @@ def test_decoded_values_are_feasts_for_every_kind():
         V.Value(int64_set_val=V.Int64Set(val=[1, 2])), V.Value(json_val='{"a": [1, 2]}'), V.Value(decimal_val="1.10"),
         V.Value(),
     ]
-    for value in values:
-        raw = value.SerializeToString()
+    raws = [value.SerializeToString() for value in values]
+    for value, raw in zip(values, raws):
         expected = feast_value_type_to_python_type(V.Value.FromString(raw))
         for got in (python_value(raw), python_value(raw)):  # decoded, then (for immutable values) remembered
             assert repr(got) == repr(expected) and type(got) is type(expected), value
             if isinstance(got, list):
                 assert [type(x) for x in got] == [type(x) for x in expected], value
+    # a column at a time (what the service reads), absent and empty fields among them
+    column = [None, b"", *raws, *raws]
+    assert repr(python_values(column)) == repr([python_value(raw) for raw in column])
+    assert [type(v) for v in python_values(column)] == [type(python_value(raw)) for raw in column]
+
+
+def test_event_times_a_column_at_a_time():
+    """online_store/redis_layout.py:events_seconds is event_seconds for each, remembered or not."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from online_store.redis_layout import event_seconds, events_seconds
+
+    raws = [Timestamp(seconds=s, nanos=n).SerializeToString() for s, n in ((1_790_000_000, 0), (1_790_000_001, 500_000_000), (-5, 0))]
+    column = [None, b"", *raws, raws[0], Timestamp().SerializeToString()]
+    for _ in range(2):  # decoded, then remembered
+        assert events_seconds(column) == [event_seconds(raw) for raw in column] == [0.0, 0.0, 1_790_000_000.0, 1_790_000_001.5, -5.0, 1_790_000_000.0, 0.0]
 
 
 def test_newer_wins_whatever_the_order_of_overlapping_windows(repo, monkeypatch):

