@@ -10,10 +10,11 @@ depth 4), and scored by loops that numba compiles (cached beside this file):
   <= 6, what this project trains): instead of walking each tree node by node, each feature's
   splits are visited in threshold order, and every split a row's value sends right rules out
   the leaves of its left side in its tree's 64-bit mask; a tree's exit leaf is then the
-  leftmost leaf not ruled out. No step waits on the one before, and the tables are ~150 KB
-  instead of the nodes' 750 KB. One row 4 us instead of the walk's 19 hot (89 instead of 226
-  after 20 ms idle); 100 rows 0.28 ms instead of 0.70 hot, 0.43 instead of 0.97 after idle
-  (bench/model_call.py, 2026-12-06); XGBoost's prepared C call: 56 / 717 hot.
+  leftmost leaf not ruled out. No step waits on the one before, and the tables are ~210 KB
+  instead of the nodes' 750 KB. On the project's rows: one row 9 us instead of the walk's 20
+  hot (119 instead of 227 after 20 ms idle); 100 rows 0.61 ms instead of 0.73 hot, 0.72
+  instead of 0.90 after idle; XGBoost's prepared C call 90 / 737 hot (bench/model_call.py,
+  2026-12-06; on random rows, which send fewer splits right, 100 rows 0.28 against 0.70).
 - the walk, for any other forest: each tree walked node by node, eight rows side by side.
 
 Both follow XGBoost's CPU predictor's rules, so the probabilities are XGBoost's bit for bit
