@@ -68,17 +68,14 @@ def main() -> None:
 
     from training.bundle import load_bundle
     from training.score import feature_matrix, predict
-    from training.trees import Forest
 
     bundle = load_bundle(args.bundle.resolve().name, args.bundle.resolve().parent.parent, name=args.bundle.resolve().parent.name)
     x_all = feature_matrix(bundle.features, pd.read_parquet(args.bundle / "training_set.parquet"))
     booster = bundle.booster
     forest = bundle.forest
-    walk_only = Forest(forest.nodes, forest.roots, forest.depths, forest.cat_bits, forest.base_score, forest.n_features)
-    object.__setattr__(walk_only, "quick", None)
     options = {
         "trees.py QuickScorer (every path)": forest.probabilities,
-        "trees.py walk (trees of > 64 leaves)": walk_only.probabilities,
+        "trees.py walk (trees of > 64 leaves)": forest.walk_only().probabilities,
         "score.predict (XGBoost's prepared C call)": lambda x: predict(booster, x),
         "Booster.inplace_predict": lambda x: booster.inplace_predict(x),
     }

@@ -45,19 +45,12 @@ def _hostile(x: np.ndarray, categories: int) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _walk_only(forest: Forest) -> Forest:
-    """The same trees, scored by the walk (what a forest with a tree of more than 64 leaves uses)."""
-    walked = Forest(forest.nodes, forest.roots, forest.depths, forest.cat_bits, forest.base_score, forest.n_features)
-    object.__setattr__(walked, "quick", None)
-    return walked
-
-
 @pytest.mark.parametrize("depth,categories", [(4, 3), (8, 3), (3, 150)])
 def test_walk_is_xgboost_bit_for_bit(depth, categories):
     booster, x = _model(depth=depth, categories=categories)
     forest = Forest.from_booster(booster)
     assert (forest.quick is None) == (depth == 8)  # depth 8 grows trees of more than 64 leaves: the walk
-    for scorer in (forest, _walk_only(forest)):
+    for scorer in (forest, forest.walk_only()):
         for rows in (x, _hostile(x, categories)):
             assert np.array_equal(scorer.probabilities(rows), predict(booster, rows)), (depth, scorer.quick is None)
     for rows in (x, _hostile(x, categories), np.ascontiguousarray(x[:1])):

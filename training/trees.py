@@ -77,6 +77,14 @@ class Forest:
     def __post_init__(self):
         object.__setattr__(self, "quick", QuickScorer.of(self))
 
+    def walk_only(self) -> "Forest":
+        """The same trees scored by the walk alone, what a forest with a tree of more than
+        MAX_LEAVES leaves gets (tests/test_trees.py and bench/model_call.py hold the two loops
+        side by side)."""
+        walked = Forest(self.nodes, self.roots, self.depths, self.cat_bits, self.base_score, self.n_features)
+        object.__setattr__(walked, "quick", None)
+        return walked
+
     @classmethod
     def from_booster(cls, booster) -> "Forest":
         """The booster's trees, read from its own JSON model (what its C predictor walks)."""
