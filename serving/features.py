@@ -152,10 +152,12 @@ class RedisReader:
                 ts = [t if t + v.ttl_s >= now_s else 0.0 for t in ts]
             gone = [i for i, t in enumerate(ts) if not t]  # no row, or past the TTL: every feature None
             for j, name in enumerate(v.features):
-                values = python_values(columns[v.start + j])
-                for i in gone:
-                    values[i] = None
-                into[name] = values
+                raws = columns[v.start + j]
+                if gone:  # read as absent, not decoded only to be dropped
+                    raws = list(raws)
+                    for i in gone:
+                        raws[i] = None
+                into[name] = python_values(raws)
             view_ts[v.name] = ts
         return view_ts
 
