@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from serving.metrics import BATCH_SIZE
-from serving.schemas import Prediction
+from serving.schemas import PredictionRow
 
 if TYPE_CHECKING:
     from serving.service import Service
@@ -71,7 +71,7 @@ class PredictBatcher:
         self._skip = 0  # leaders to go at once before one tries waiting again
         self._backoff = 1  # what _skip becomes after the next wait that gathers nobody
 
-    async def predict(self, service: Service, customer_id: int, include_features: bool = False) -> Prediction:
+    async def predict(self, service: Service, customer_id: int, include_features: bool = False) -> PredictionRow:
         """The prediction for one customer, scored together with whatever else is ready now."""
         loop = asyncio.get_running_loop()
         now = time.monotonic()

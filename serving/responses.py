@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from pydantic_core import to_json
 from starlette.responses import Response
 
 from serving.breaker import StoreUnavailable
 from serving.metrics import ERRORS
-from serving.schemas import BatchResponse, Prediction
+from serving.schemas import PredictionRow
 
 
 class PydanticJSON(Response):
@@ -29,17 +30,33 @@ class PydanticJSON(Response):
         super().__init__(model.model_dump_json(exclude_none=True), status_code=status_code)
 
 
-def prediction_answer(prediction: Prediction) -> Response:
+class RowsJSON(Response):
+    """Prediction rows (serving/schemas.py:PredictionRow) written by pydantic-core's own JSON
+    serializer: the bytes `model_dump_json(exclude_none=True)` gives for the Prediction models
+    (the routes' response_model, kept for the OpenAPI schema), without building the models.
+
+    The rows hold only values the service made (ints, floats from numpy's tolist, strings, the
+    features' JSON values), so validating them again on the way out checks nothing; an
+    unexpected type is an error here (no fallback), never a silently different answer.
+    """
+
+    media_type = "application/json"
+
+    def __init__(self, content: PredictionRow | dict[str, list[PredictionRow]], status_code: int = 200):
+        super().__init__(to_json(content, inf_nan_mode="null"), status_code=status_code)
+
+
+def prediction_answer(prediction: PredictionRow) -> Response:
     """POST /predict's answer: the prediction, or the 404 when the customer has no features (counted)."""
-    if prediction.status == "not_found":
+    if prediction["status"] == "not_found":
         ERRORS.labels(kind="not_found").inc()
-        return no_features(prediction.customer_id)
-    return PydanticJSON(prediction)
+        return no_features(prediction["customer_id"])
+    return RowsJSON(prediction)
 
 
-def batch_answer(predictions: list[Prediction]) -> PydanticJSON:
+def batch_answer(predictions: list[PredictionRow]) -> RowsJSON:
     """200 of POST /predict/batch: the predictions in request order."""
-    return PydanticJSON(BatchResponse.model_construct(predictions=predictions))
+    return RowsJSON({"predictions": predictions})
 
 
 def store_unavailable(exc: StoreUnavailable) -> JSONResponse:

@@ -48,6 +48,16 @@ class BatchResponse(BaseModel):
     predictions: list[Prediction]
 
 
+PredictionRow = dict[str, Any]
+"""A Prediction as the service builds it: the model's fields by name, in its order, the None
+ones left out; serving/responses.py writes it as the model's own JSON (model_dump_json with
+exclude_none), which tests/test_fast_path.py checks on every kind of answer."""
+
+
+def not_found_row(customer_id: int) -> PredictionRow:
+    return {"customer_id": customer_id, "status": "not_found"}
+
+
 class ScoresRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"customer_ids": [42, 7, 1234]}]})
 

@@ -45,7 +45,7 @@ from serving.metrics import (
     SCORE_ANSWERS,
     SCORE_RUN_AGE,
 )
-from serving.schemas import Prediction, ServedRunInfo, StoredScore
+from serving.schemas import PredictionRow, ServedRunInfo, StoredScore, not_found_row
 from serving.scores import NoScoresView, ScoreStore
 from serving.settings import Settings
 from training.bundle import Bundle, Registered, check_contract, load_bundle
@@ -114,16 +114,19 @@ class Service:
     watched = property(lambda self: self.model.watched)
     scores = property(lambda self: self.model.scores)
 
-    async def predict_one(self, customer_id: int, include_features: bool = False) -> Prediction:
+    async def predict_one(self, customer_id: int, include_features: bool = False) -> PredictionRow:
         """One customer's prediction, scored together with the other requests ready now (serving/batching.py)."""
         return await self.batcher.predict(self, customer_id, include_features)
 
-    def predict(self, customer_ids: list[int], include_features: bool | Sequence[bool] = False) -> list[Prediction]:
+    def predict(self, customer_ids: list[int], include_features: bool | Sequence[bool] = False) -> list[PredictionRow]:
         """Predictions for `customer_ids` at this instant, in request order (not_found slots included).
 
-        `include_features` is one flag for all, or one per ID (a dynamic batch gathers requests
-        that asked differently: serving/batching.py). Raises StoreUnavailable (-> 503) when Redis
-        cannot be read.
+        Each is a `PredictionRow`: the Prediction model's fields in its order, None ones left out,
+        which serving/responses.py serializes exactly as the model would be. Building 100
+        Prediction objects and dumping them cost ~0.5 ms of a batch of 100, rows ~0.15
+        (measured in process, 2026-12-06). `include_features` is one flag for all, or one per
+        ID (a dynamic batch gathers requests that asked differently: serving/batching.py).
+        Raises StoreUnavailable (-> 503) when Redis cannot be read.
         """
         m = self.model  # one version for the whole request, whatever a rollout does meanwhile
         now = datetime.now(timezone.utc)
@@ -146,7 +149,7 @@ class Service:
                 raise StoreUnavailable(f"the online store does not hold the features yet: {missing}")
             m.metrics.not_found.inc(n - n_found)
         if n_found == 0:
-            return [Prediction.model_validate({"customer_id": c, "status": "not_found"}) for c in customer_ids]
+            return [not_found_row(c) for c in customer_ids]
         m.metrics.ok.inc(n_found)
         # score only the customers with features; the model never sees an all-missing row
         idx = [i for i in range(n) if found[i]]
@@ -175,19 +178,17 @@ class Service:
             wanted = [include_features] * n_found
         else:
             wanted = list(include_features) if n_found == n else [include_features[i] for i in idx]
-        # model_validate, not model_construct: Pydantic's validator (Rust) builds one in ~1 us, its
-        # model_construct (Python) in ~2.7; 0.17 ms of a batch of 100. The values pass unchanged.
         scored = [
-            Prediction.model_validate({
-                "customer_id": cid, "status": "ok", "churn_probability": p, "churn_prediction": y, "risk_segment": s,
-                "model_name": name, "model_version": version, "features_as_of": as_of,
-                "features": {k: _json_value(v[j]) for k, v in feats.items()} if wanted[j] else None,
-            })
-            for j, (cid, p, y, s) in enumerate(zip(ids, probability, prediction, scores.risk_segment))
+            {"customer_id": cid, "status": "ok", "churn_probability": p, "churn_prediction": y, "risk_segment": s,
+             "model_name": name, "model_version": version, "features_as_of": as_of}
+            for cid, p, y, s in zip(ids, probability, prediction, scores.risk_segment)
         ]
+        for j, row in enumerate(scored):
+            if wanted[j]:
+                row["features"] = {k: _json_value(v[j]) for k, v in feats.items()}
         if n_found == n:
             return scored
-        out = [Prediction.model_validate({"customer_id": c, "status": "not_found"}) for c in customer_ids]
+        out = [not_found_row(c) for c in customer_ids]
         for j, i in enumerate(idx):
             out[i] = scored[j]
         return out

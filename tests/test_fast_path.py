@@ -142,3 +142,31 @@ def test_plain_requests_are_answered_before_the_router_and_the_rest_reach_it_who
         assert asyncio.run(post(app, b"include_features=yes", fresh)) == 299
         assert asyncio.run(post(app, b"", batch[:-1], "/predict/batch")) == 299  # malformed: the route's 422
         assert reached == [odd, fresh, batch[:-1]]
+
+
+def test_prediction_rows_are_written_as_the_models_would_be(live, known, tmp_path):
+    """Service.predict returns plain rows (serving/schemas.py:PredictionRow) that serving/responses.py
+    writes without building the Prediction models: the bytes must be the models' own
+    model_dump_json(exclude_none=True), for every kind of answer the service gives and for the
+    values a row may hold (NaN and None as null, big IDs, bools, strings to escape)."""
+    from serving.responses import RowsJSON, batch_answer, prediction_answer
+    from serving.schemas import BatchResponse, Prediction
+
+    def as_models(rows) -> bytes:
+        return BatchResponse.model_validate({"predictions": rows}).model_dump_json(exclude_none=True).encode()
+
+    with TestClient(create_app(make_settings(live, tmp_path))) as client:
+        service = client.app.state.service
+        ids = [known["fresh"], known["expired"], known["unknown"], known["fresh"]]
+        for flags in (False, True, [True, False, True, False]):
+            rows = service.predict(ids, flags)
+            assert [r["status"] for r in rows] == ["ok", "ok", "not_found", "ok"]
+            assert batch_answer(rows).body == as_models(rows)
+            for row in rows:
+                assert RowsJSON(row).body == Prediction.model_validate(row).model_dump_json(exclude_none=True).encode()
+        assert prediction_answer(rows[0]).body == RowsJSON(rows[0]).body
+        assert prediction_answer(rows[2]).status_code == 404
+    odd = [{"customer_id": 2**63 - 1, "status": "ok", "churn_probability": float("nan"), "churn_prediction": 0,
+            "risk_segment": 'Lo"w\u00e9\n', "model_name": "m", "model_version": "v", "features_as_of": "t",
+            "features": {"a": None, "b": True, "c": 3, "d": 0.1, "e": "x\\y", "f": 1e-7, "g": 1e300}}]
+    assert batch_answer(odd).body == as_models(odd)
