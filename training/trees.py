@@ -371,7 +371,7 @@ def _category_lists(categorical, cat_bits, n_features):  # pragma: no cover - co
     for k in range(categorical.shape[0]):  # first how many splits each category has, then where
         node = categorical[k]
         for c in range(node.cat_words * 64):
-            if (cat_bits[node.cat_start + c // 64] >> np.uint64(c % 64)) & np.uint64(1):
+            if _categorical_side(node, np.float64(c), cat_bits):  # the walk's own rule
                 counts[code_base[node.feature] + c + 1] += 1
     code_start = np.cumsum(counts)
     split = np.empty(code_start[total], np.int64)
@@ -379,7 +379,7 @@ def _category_lists(categorical, cat_bits, n_features):  # pragma: no cover - co
     for k in range(categorical.shape[0]):
         node = categorical[k]
         for c in range(node.cat_words * 64):
-            if (cat_bits[node.cat_start + c // 64] >> np.uint64(c % 64)) & np.uint64(1):
+            if _categorical_side(node, np.float64(c), cat_bits):
                 at = code_base[node.feature] + c
                 split[filled[at]] = k
                 filled[at] += 1
