@@ -158,7 +158,9 @@ scoring_request = RequestSource(
 def customer_derived(inputs: dict) -> dict:
     """Derived features; None wherever an input is missing, never a made-up default."""
 
-    from datetime import datetime, timezone
+    from datetime import datetime, timedelta, timezone
+
+    epoch, naive_epoch, second = datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(1970, 1, 1), timedelta(seconds=1)
 
     def moment(t):  # every skewless path passes a datetime; `feast serve` and the feast CLI pass Unix seconds or ISO text
         if isinstance(t, str):
@@ -167,19 +169,21 @@ def customer_derived(inputs: dict) -> dict:
         return datetime.fromtimestamp(t, timezone.utc) if isinstance(t, (int, float)) else t
 
     # Whole seconds: Feast's online store keeps UnixTimestamp features to the second, so
-    # sub-second parts would make online and offline differ.
-    def days(later, earlier):
-        if later is None or earlier is None:
-            return None
-        return (moment(later).replace(microsecond=0) - earlier.replace(microsecond=0)).total_seconds() / 86400.0
+    # sub-second parts would make online and offline differ. Floor division of timedeltas
+    # (exact, nanoseconds included) rather than datetime.replace, ~2x cheaper a value.
+    def whole_seconds(t):  # since the epoch; a naive time is UTC, as in moment()
+        return (t - (epoch if t.tzinfo else naive_epoch)) // second
+
+    def days(later_s, earlier):
+        return None if later_s is None or earlier is None else (later_s - whole_seconds(earlier)) / 86400.0
 
     def ratio(num, den):
         return None if num is None or den is None or den == 0 else float(num) / float(den)
 
-    as_of, signup, last = inputs["as_of"], inputs["signup_date"], inputs["last_active_at"]
+    as_of_s = [None if a is None else whole_seconds(moment(a)) for a in inputs["as_of"]]
     return {
-        "tenure_days": [days(a, s) for a, s in zip(as_of, signup)],
-        "days_since_last_active": [days(a, s) for a, s in zip(as_of, last)],
+        "tenure_days": [days(a, s) for a, s in zip(as_of_s, inputs["signup_date"])],
+        "days_since_last_active": [days(a, s) for a, s in zip(as_of_s, inputs["last_active_at"])],
         "minutes_per_seat_7d": [ratio(m, s) for m, s in zip(inputs["active_minutes_7d"], inputs["seats"])],
         "login_trend": [
             ratio(l7, None if l30 is None else l30 * 7.0 / 30.0)
