@@ -497,6 +497,7 @@ def main() -> None:
     import pandas as pd
 
     from online_store.redis_server import free_port, throwaway_redis
+    from serving.metrics import FLUSH_S
     from training.generate import PROFILES_FILE
     from training.store import REDIS_ENV, open_store
 
@@ -606,6 +607,8 @@ def main() -> None:
                 scenarios = [sc for sc in scenarios if any(part in sc[0] for part in args.only.split(","))]
             for rep in range(args.repeat):  # rounds over every scenario: a noisy minute spreads over all of them
                 for name, proc, port, payloads, rate, route in scenarios:
+                    if route:  # every worker has handed its tallies to /metrics (serving/metrics.py:FLUSH_S)
+                        time.sleep(FLUSH_S + 0.3)
                     before = scrape(port) if route else {}
                     load = os.getloadavg()[0]  # other jobs on the machine show here
                     cpu0 = cpu_seconds(proc)
@@ -619,6 +622,7 @@ def main() -> None:
                     r.pop("slow"), r.pop("versions")  # only the rollout windows need them
                     r["server_cpu_ms_per_req"] = (cpu_seconds(proc) - cpu0) / max(r["answered"], 1) * 1000
                     if route:
+                        time.sleep(FLUSH_S + 0.3)
                         splits.setdefault(f"{name} @ {rate}/s", []).append(stage_split(before, scrape(port), route))
                     results.append({"scenario": name, "rate": rate, "round": rep + 1, "load_before": load, **r})
                     print(f"round {rep + 1}: {name:42} {rate:>5}/s: p50 {r['p50']:.2f} ms  p95 {r['p95']:.2f}  p99 {r['p99']:.2f}  "

@@ -7,7 +7,7 @@ body validation (the JSON body parsed and validated as FastAPI does it: `json.lo
 route's Pydantic model), building and serializing the answer (the service's row, written by
 `RowsJSON` as the Prediction model's JSON), one Prometheus histogram observation in
 this process and in multiprocess mode (what `skewless serve --workers N` uses), one counter
-increment, the API-key check over 3 keys, and one row handed to the feature log.
+increment, both through serving/metrics.py's Tally, the API-key check over 3 keys, and one row handed to the feature log.
 
 Needs a bundle for the feature log's schema (bench/online.py trains one).
 """
@@ -43,10 +43,13 @@ def median_us(fn, calls: int = CALLS) -> float:
 
 def metrics_parts() -> dict[str, float]:
     """Histogram and counter costs in this process's metrics mode (set before the import)."""
-    from serving.metrics import MODEL, PREDICTIONS
+    from serving.metrics import MODEL, PREDICTIONS, tally
 
     ok = PREDICTIONS.labels(outcome="ok")
-    return {"histogram observe": median_us(lambda: MODEL.observe(0.001)), "counter inc": median_us(ok.inc)}
+    model, counted = tally(MODEL), tally(ok)
+    return {"histogram observe": median_us(lambda: MODEL.observe(0.001)), "counter inc": median_us(ok.inc),
+            "histogram observe through its Tally (what the service does)": median_us(lambda: model.observe(0.001)),
+            "counter inc through its Tally": median_us(counted.inc)}
 
 
 def main() -> None:

@@ -15,17 +15,20 @@ How requests are gathered (no thread, no timer at low load):
   followers, each waiting on a future.
 - The leader then scores the batch and resolves the followers' futures. A lone request costs
   one extra turn of the loop (a few microseconds), never a wait.
-- `max_wait_s` > 0 (SKEWLESS_BATCH_WAIT_MS, 2 ms by default) lets a leader wait up to that long
-  for more requests, but only while waiting pays: while this worker's requests arrive less than
-  one wait apart (a running mean over the last ~16 gaps), and not right after a wait that
-  gathered nobody. Such a wait makes the next 1, 2, 4, ... up to 256 leaders go at once before
-  one tries again; a batch of more than one, waited for or not, lets the next leader wait. So
-  at low load, or behind one client that sends a request only after the previous answer, a
-  request goes at once (bar one in up to 256 that tries). Measured with two workers
-  (bench/online.py, 2026-12-06): at 2,000/s a scoring call takes ~2 requests and a request
-  costs 0.32 ms of server CPU instead of 0.51 without the wait, for a p50 of ~2.5 ms instead of
-  0.8 (p99 4.8 and 5.0). uvloop's timers count whole milliseconds (a 1 ms wait is 0-1 ms), so
-  1 ms gathered too little there (0.41 ms). 0 gives the lowest latency under load.
+- `max_wait_s` > 0 (SKEWLESS_BATCH_WAIT_MS, 3 ms by default) lets a leader wait up to that long
+  for more requests, but only while waiting pays: while this worker's requests arrive at least
+  twice a wait (a running mean of the last ~16 gaps at most half the wait, so that a wait
+  gathers two or more on average), and not right after a wait that gathered nobody. Such a
+  wait makes the next 1, 2, 4, ... up to 256 leaders go at once before one tries again; a batch
+  of more than one, waited for or not, lets the next leader wait. So at low load, or behind
+  one client that sends a request only after the previous answer, a request goes at once (bar
+  one in up to 256 that tries). With two workers and the 3 ms default, leaders wait above
+  ~1,300 requests/s in all and not at 1,000/s (where a wait would cost the p99 the service
+  promises there). Measured with two workers (bench/online.py, same run, medians of 3 rounds,
+  2026-12-06): at 2,000/s this rule with 3 ms costs 0.42 ms of server CPU a request against
+  0.48 with stop 29's (2 ms, waiting while the gap is below one wait), p99 9.5 against 10.8
+  on a noisy hour. uvloop's timers count whole milliseconds (a 1 ms wait is 0-1 ms), so 1 ms
+  gathers too little. 0 gives the lowest latency under load.
 
 A batch holds at most `max_ids` customers (SKEWLESS_BATCH_MAX_IDS); further requests start the
 next one. `/predict/batch` is a batch already and calls `Service.predict` directly.
@@ -38,7 +41,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from serving.metrics import BATCH_SIZE
+from serving.metrics import BATCH_SIZE, tally
 from serving.schemas import PredictionRow
 
 if TYPE_CHECKING:
@@ -70,6 +73,7 @@ class PredictBatcher:
         self._gap = self._idle_gap
         self._skip = 0  # leaders to go at once before one tries waiting again
         self._backoff = 1  # what _skip becomes after the next wait that gathers nobody
+        self._sizes = tally(BATCH_SIZE)
 
     async def predict(self, service: Service, customer_id: int, include_features: bool = False) -> PredictionRow:
         """The prediction for one customer, scored together with whatever else is ready now."""
@@ -114,7 +118,7 @@ class PredictBatcher:
     def _should_wait(self) -> bool:
         """Whether this leader waits for more: a wait is configured, requests come often enough
         to fill it, and no wait that gathered nobody told leaders to go at once for a while."""
-        if self.max_wait_s <= 0 or self._gap >= self.max_wait_s:
+        if self.max_wait_s <= 0 or 2 * self._gap > self.max_wait_s:
             return False
         if self._skip:
             self._skip -= 1
@@ -128,7 +132,7 @@ class PredictBatcher:
             self._skip, self._backoff = 0, 1
         elif waited:  # waited for nobody: the next leaders go at once, more of them each time
             self._skip, self._backoff = self._backoff, min(2 * self._backoff, self.MAX_SKIP)
-        BATCH_SIZE.observe(n)
+        self._sizes.observe(n)
         try:
             predictions = service.predict(batch.ids, batch.include_features)
         except Exception as exc:

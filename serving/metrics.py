@@ -13,6 +13,11 @@ scrape time would then aggregate that empty directory instead of this process's 
 
 from __future__ import annotations
 
+import atexit
+import threading
+import time
+from bisect import bisect_left
+
 from prometheus_client import values
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
@@ -70,8 +75,89 @@ MODEL_INFO = Gauge(
 )
 
 
+FLUSH_S = 1.0  # how often a process hands its tallies to prometheus-client (and before each scrape it answers)
+
+
+class Tally:
+    """A histogram's or a counter's updates on the request path, added up in this process and
+    handed to prometheus-client in bulk.
+
+    In multiprocess mode (`skewless serve --workers N`) every update is a locked write to an
+    mmap'd file: ~2.6 us a histogram observation, ~2.3 a counter increment (bench/request_parts.py),
+    and a /predict makes ~9 of them (~23 us hot, ~3% of its CPU). Here an update is a bisect
+    and two additions under a lock (~0.4 us); `flush` adds what came since the last one to the
+    Prometheus child: every FLUSH_S on a background thread, before each scrape this process
+    answers, and at exit. The exposition is unchanged (same series, buckets, sums); a scrape
+    may miss up to FLUSH_S of another worker's updates.
+    """
+
+    def __init__(self, child):
+        self.child = child
+        self.bounds = list(getattr(child, "_upper_bounds", ()))  # a histogram's, +Inf last; none for a counter
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        self.lock = threading.Lock()
+
+    def observe(self, value: float) -> None:
+        """Histogram.observe: counted in the first bucket whose bound is not below `value`."""
+        i = bisect_left(self.bounds, value)
+        with self.lock:
+            self.counts[i] += 1
+            self.total += value
+
+    def inc(self, amount: float = 1) -> None:
+        """Counter.inc."""
+        with self.lock:
+            self.total += amount
+
+    def flush(self) -> None:
+        with self.lock:
+            counts, total = self.counts, self.total
+            if total == 0 and not any(counts):
+                return
+            self.counts, self.total = [0] * len(counts), 0.0
+        if not self.bounds:
+            self.child.inc(total)
+            return
+        self.child._sum.inc(total)  # what Histogram.observe updates, once per flush instead of per observation
+        for bucket, count in zip(self.child._buckets, counts):
+            if count:
+                bucket.inc(count)
+
+
+_tallies: dict[int, Tally] = {}  # by id of the Prometheus child (which its metric keeps alive)
+_tallies_lock = threading.Lock()
+
+
+def tally(child) -> Tally:
+    """The Tally of a histogram or counter child (one per child); the first one starts the flusher."""
+    with _tallies_lock:
+        found = _tallies.get(id(child))
+        if found is None:
+            if not _tallies:
+                threading.Thread(target=_flush_every, name="metrics-flush", daemon=True).start()
+                atexit.register(flush)
+            found = _tallies[id(child)] = Tally(child)
+        return found
+
+
+def flush() -> None:
+    """Hand every tally's updates to prometheus-client."""
+    with _tallies_lock:
+        pending = list(_tallies.values())
+    for t in pending:
+        t.flush()
+
+
+def _flush_every() -> None:
+    while True:
+        time.sleep(FLUSH_S)
+        flush()
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text for a scrape: every worker's values in multiprocess mode."""
+    flush()
     if MULTIPROCESS:
         from prometheus_client import multiprocess
 

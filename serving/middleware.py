@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security.utils import get_authorization_scheme_param
 
 from serving.breaker import StoreUnavailable
-from serving.metrics import ERRORS, REQUESTS
+from serving.metrics import ERRORS, REQUESTS, tally
 from serving.responses import batch_answer, prediction_answer, store_unavailable
 from serving.schemas import INT64_MAX, MAX_BATCH
 
@@ -28,7 +28,7 @@ class RequestMetrics:
     def __init__(self, app, max_body_bytes: int):
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.histograms: dict[tuple[str, str, int], object] = {}  # labelled children, resolved once each
+        self.histograms: dict[tuple[str, str, int], object] = {}  # labelled children's tallies, resolved once each
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -59,7 +59,7 @@ class RequestMetrics:
             key = (getattr(scope.get("route"), "path", "unmatched"), scope["method"], status)
             histogram = self.histograms.get(key)
             if histogram is None:
-                histogram = self.histograms[key] = REQUESTS.labels(route=key[0], method=key[1], status=str(status))
+                histogram = self.histograms[key] = tally(REQUESTS.labels(route=key[0], method=key[1], status=str(status)))
             histogram.observe(time.perf_counter() - t)
 
 

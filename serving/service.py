@@ -44,6 +44,7 @@ from serving.metrics import (
     PREDICTIONS,
     SCORE_ANSWERS,
     SCORE_RUN_AGE,
+    tally,
 )
 from serving.schemas import PredictionRow, ServedRunInfo, StoredScore, not_found_row
 from serving.scores import NoScoresView, ScoreStore
@@ -57,14 +58,16 @@ NOT_LOADED_CACHE_S = 1.0  # how long "this Redis holds the views" is taken as re
 
 
 class ServiceMetrics:
-    """Labelled Prometheus children resolved once (a `.labels()` lookup per request adds up)."""
+    """The request path's metrics, labelled children resolved once (a `.labels()` lookup per
+    request adds up) and updated through tallies (serving/metrics.py:Tally)."""
 
     def __init__(self, views: list[str]):
-        self.ok = PREDICTIONS.labels(outcome="ok")
-        self.not_found = PREDICTIONS.labels(outcome="not_found")
-        self.feature_age = {view: FEATURE_AGE.labels(view=view) for view in views}
+        self.lookup_s, self.on_demand_s, self.model_s = tally(FEATURE_LOOKUP), tally(ON_DEMAND), tally(MODEL)
+        self.ok = tally(PREDICTIONS.labels(outcome="ok"))
+        self.not_found = tally(PREDICTIONS.labels(outcome="not_found"))
+        self.feature_age = {view: tally(FEATURE_AGE.labels(view=view)) for view in views}
         self.watermark_age = {view: FEATURE_WATERMARK_AGE.labels(view=view) for view in views}
-        self.score_answers = {outcome: SCORE_ANSWERS.labels(outcome=outcome) for outcome in ("current", "stale", "not_found")}
+        self.score_answers = {outcome: tally(SCORE_ANSWERS.labels(outcome=outcome)) for outcome in ("current", "stale", "not_found")}
 
 
 @dataclass
@@ -140,8 +143,8 @@ class Service:
             ERRORS.labels(kind="online_store").inc()
             raise self.breaker.failure(exc) from exc
         self.breaker.success()
-        FEATURE_LOOKUP.observe(got.read_s)
-        ON_DEMAND.observe(got.transform_s)
+        m.metrics.lookup_s.observe(got.read_s)
+        m.metrics.on_demand_s.observe(got.transform_s)
 
         if n_found < n:
             if missing:  # "no features for this customer" would be a lie: this Redis holds none yet
@@ -158,7 +161,7 @@ class Service:
 
         t = time.perf_counter()
         scores = score(m.bundle, feats)
-        MODEL.observe(time.perf_counter() - t)
+        m.metrics.model_s.observe(time.perf_counter() - t)
 
         # staleness per request, not per customer: one observation per view, its oldest row used
         now_s = now.timestamp()

@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     allow_open: bool = Field(False, description="Serve on a non-loopback address with no API key configured (anyone who reaches the port may call).")
     model_poll_s: float = Field(2.0, gt=0, description="How often the `latest` link is checked for a new bundle (rolled out without a restart).")
     batch_max_ids: int = Field(64, ge=1, description="POST /predict requests scored together at most (dynamic batching); 1 = one at a time.")
-    batch_wait_ms: float = Field(2.0, ge=0, le=50, description="Under a steady stream of requests, how long a batch may wait for more "
+    batch_wait_ms: float = Field(3.0, ge=0, le=50, description="Under a steady stream of requests (two or more a wait on average), how long a batch may wait for more "
                                  "(serving/batching.py): less CPU a request, more latency; 0: only those ready at once.")
     predict_fast_path: bool = Field(True, description="Answer plain POST /predict and /predict/batch requests (IDs as JSON) before FastAPI's routing, "
                                     "with the route's own answers for ~0.2 ms less CPU (serving/middleware.py); false: every request through the route.")
