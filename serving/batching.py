@@ -24,11 +24,13 @@ How requests are gathered (no thread, no timer at low load):
   one client that sends a request only after the previous answer, a request goes at once (bar
   one in up to 256 that tries). With two workers and the 3 ms default, leaders wait above
   ~1,300 requests/s in all and not at 1,000/s (where a wait would cost the p99 the service
-  promises there). Measured with two workers (bench/online.py, same run, medians of 3 rounds,
-  2026-12-06): at 2,000/s this rule with 3 ms costs 0.42 ms of server CPU a request against
-  0.48 with stop 29's (2 ms, waiting while the gap is below one wait), p99 9.5 against 10.8
-  on a noisy hour. uvloop's timers count whole milliseconds (a 1 ms wait is 0-1 ms), so 1 ms
-  gathers too little. 0 gives the lowest latency under load.
+  promises there). Measured with two workers (bench/online.py, medians of 3 rounds,
+  2026-12-06): at 2,000/s a scoring call gathers ~4.4 requests instead of ~3.2 with stop 29's
+  rule (2 ms, waiting while the gap is below one wait), and a request costs 0.39 ms of server
+  CPU instead of 0.43 (the metrics' tallies of the same stop included), for a p50 of 4.1 ms
+  instead of 2.9 (p99 9.4 and 5.9; the target there is 25). uvloop's timers count whole
+  milliseconds (a 1 ms wait is 0-1 ms), so 1 ms gathers too little. 0 gives the lowest latency
+  under load.
 
 A batch holds at most `max_ids` customers (SKEWLESS_BATCH_MAX_IDS); further requests start the
 next one. `/predict/batch` is a batch already and calls `Service.predict` directly.

@@ -83,9 +83,10 @@ class Tally:
     handed to prometheus-client in bulk.
 
     In multiprocess mode (`skewless serve --workers N`) every update is a locked write to an
-    mmap'd file: ~2.6 us a histogram observation, ~2.3 a counter increment (bench/request_parts.py),
-    and a /predict makes ~9 of them (~23 us hot, ~3% of its CPU). Here an update is a bisect
-    and two additions under a lock (~0.4 us); `flush` adds what came since the last one to the
+    mmap'd file: 2.6-5.4 us a histogram observation, 2.3-2.7 a counter increment
+    (bench/request_parts.py), and a /predict makes ~9 of them (~3% of its CPU). Here an update
+    is a bisect and an addition or two under a lock (~1.1 us an observation, ~0.7 an increment,
+    the same bench); `flush` adds what came since the last one to the
     Prometheus child: every FLUSH_S on a background thread, before each scrape this process
     answers, and at exit. The exposition is unchanged (same series, buckets, sums); a scrape
     may miss up to FLUSH_S of another worker's updates.
@@ -99,7 +100,8 @@ class Tally:
         self.lock = threading.Lock()
 
     def observe(self, value: float) -> None:
-        """Histogram.observe: counted in the first bucket whose bound is not below `value`."""
+        """Histogram.observe: counted in the first bucket whose bound is not below `value`
+        (the service's values are durations, ages and sizes, never NaN)."""
         i = bisect_left(self.bounds, value)
         with self.lock:
             self.counts[i] += 1
