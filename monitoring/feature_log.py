@@ -154,7 +154,13 @@ class FeatureLogger:
         500 requests/s, 2026-12-06).
         """
         n = len(served.customer_ids)
-        features = served.features
+        try:
+            features = [served.features[name] for name in self.feature_names]
+        except KeyError as exc:  # never the request's failure, nor a half-appended row
+            log.error("feature log: a request's features lack %s; its %d rows are not logged", exc, n)
+            ERRORS.labels(kind="feature_log").inc()
+            FEATURE_LOG_DROPPED.inc(n)
+            return
         with self._count_lock:
             if self._pending + n > self.max_rows:
                 FEATURE_LOG_DROPPED.inc(n)
@@ -167,8 +173,8 @@ class FeatureLogger:
             probability += served.probability
             prediction += served.prediction
             segment += served.risk_segment
-            for column, name in zip(rest, self.feature_names):
-                column += features[name]
+            for column, values in zip(rest, features):
+                column += values
 
     def _empty_columns(self) -> list[list]:
         return [[] for _ in range(len(self.schema) - 2)]

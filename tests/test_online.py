@@ -271,6 +271,21 @@ def test_feature_log_is_flushed_on_shutdown(live, known, tmp_path):
     assert set(log.columns) >= {"customer_id", "request_time", "model_version", "churn_probability", *live.bundle.feature_names}
 
 
+def test_rows_the_log_cannot_take_are_dropped_whole_and_the_rest_logged(live, tmp_path):
+    from datetime import datetime, timezone
+
+    from monitoring.feature_log import FeatureLogger, Served
+
+    names = live.bundle.feature_names
+    row = {name: [None] for name in names}
+    now = datetime.now(timezone.utc)
+    logger = FeatureLogger(tmp_path / "log", live.bundle)
+    logger.log(Served(now, [1], [0.5], [1], ["High"], {k: v for k, v in row.items() if k != names[0]}))  # a feature short
+    logger.log(Served(now, [2, 3], [0.25, 0.75], [0, 1], ["Low", "High"], {k: v * 2 for k, v in row.items()}))
+    logger.close()
+    assert read_log(tmp_path / "log")["customer_id"].to_pylist() == [2, 3]
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=5),
                          lambda c: st.lists(c, max_size=3) | st.dictionaries(st.sampled_from(["customer_id", "customer_ids", "x"]), c, max_size=3),
