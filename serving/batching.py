@@ -22,10 +22,18 @@ How requests are gathered (no thread, no timer at low load):
   wait makes the next 1, 2, 4, ... up to 256 leaders go at once before one tries again; a batch
   of more than one, waited for or not, lets the next leader wait. So at low load, or behind
   one client that sends a request only after the previous answer, a request goes at once (bar
-  one in up to 256 that tries). With two workers and the 3 ms default, leaders wait above
-  ~1,300 requests/s in all and not at 1,000/s (where a wait would cost the p99 the service
-  promises there). Measured with two workers (bench/online.py, medians of 3 rounds,
-  2026-12-06): at 2,000/s a scoring call gathers ~4.4 requests instead of ~3.2 with stop 29's
+  one in up to 256 that tries). With two workers and the 3 ms default, leaders wait often
+  above ~1,300 requests/s in all, and at 1,000/s one to a few requests in a hundred still
+  wait: most likely because clients reuse their idle keep-alive connections last-in-first-out,
+  so one worker gets most of the requests (a gap near 1 ms), and a wait that gathers one more
+  request lets the next leader wait again. Measured side by side at 1,000/s (bench/online.py's
+  generator, medians of 3 rounds, 2026-12-06, stop 34): p99 3.4-3.8 ms against 0.7-1.0 with
+  waits off, p50 and CPU the same (0.24-0.27 ms a request both ways). Counting only waits that
+  gather two or more as company (or any batch of three or more) removed that tail (p99 ~1.5 ms)
+  but also the saving at 2,000/s, where most waits gather one: CPU 0.184 -> 0.233 ms a request,
+  what waits off costs (0.238). The p99 target at 1,000/s is 5 ms, the CPU one at 2,000/s 0.4:
+  the rule stays. Measured with two workers on a slower hour (bench/online.py, medians of 3
+  rounds, stop 33): at 2,000/s a scoring call gathers ~4.4 requests instead of ~3.2 with stop 29's
   rule (2 ms, waiting while the gap is below one wait), and a request costs 0.39 ms of server
   CPU instead of 0.43 (the metrics' tallies of the same stop included), for a p50 of 4.1 ms
   instead of 2.9 (p99 9.4 and 5.9; the target there is 25). uvloop's timers count whole
