@@ -3,8 +3,9 @@
 Per batch of events (stream/source.py delivers them, at least once):
 
 1. each entry is parsed and checked: one that does not fit the schema, names an unknown
-   customer (no profile in the online store), has a time in the future, or repeats an event
-   already applied, goes to the dead-letter stream with the reason; the rest go on;
+   customer (no profile in the online store), has a time in the future, repeats an event
+   already applied, or reuses a known event ID with another payload, goes to the dead-letter
+   stream with the reason; the rest go on;
 2. the current account state of the customers concerned is read from Redis (Feast's layout)
    and the events folded into it by the one state function (stream/state.py);
 3. the changed states are written to a staging Parquet file, fsynced: the durable record,
@@ -13,23 +14,41 @@ Per batch of events (stream/source.py delivers them, at least once):
    and batch see what online saw, with `created` = when it became visible);
 4. the states are written to Redis with the materialization engine's newer-wins script, in
    Feast's layout (online_store/materialize_engine.py): an older state never replaces a newer;
+   then each event's ID is recorded (`skewless:events:seen:<id>`, its payload's fingerprint,
+   kept for the state's retention window);
 5. the affected customers are scored with the served bundle, through the service's own feature
-   read and the one scoring function (at this instant, as /predict would), and each score is
-   published on the output stream and stored in the `churn_scores` view (online now, offline
-   at the next flush), so /scores serves it by ID;
+   read and the one scoring function (at this instant, as /predict would); the scores are
+   staged, stored in the `churn_scores` view (online now, offline at the next flush), so
+   /scores serves them by ID, then published on the output stream;
 6. the entries are acknowledged.
 
-A crash anywhere leaves a state that re-running the batch repairs: folding is idempotent (a
-repeat changes nothing), staged rows are written again identically at worst, and scores are
-published again (the output stream is at-least-once; its entries carry the event ID, so a
-reader can drop repeats): nothing is lost or applied twice. One consumer per stream: two would
-each read-modify-write the same customer (shard the stream by customer for more).
+Exactly once, in effect, for the whole effect of an event (state online and offline, the
+stored score, the published score). A crash at any point between these steps leaves the batch
+unacknowledged, and it is redelivered (flagged `redelivered`). A redelivered event is applied
+again only if its state is not there (folding is idempotent: a repeat changes nothing), and
+its customer is *always* scored again, stored and published, whatever the state said: so a
+crash after the state write never leaves a customer with the score from before the event. A
+re-published score carries the same event ID (readers drop repeats); a re-stored one is newer
+and replaces the first. At worst the offline state source holds the same state row twice
+(same values and event time, a later `created`), which no point-in-time read can tell apart.
+The tests kill the consumer at each boundary (`boundary()` below) and check all four effects.
+
+Duplicates are recognised by event ID first (the identity for every at-least-once producer):
+an ID seen within the window (the state view's `retention` tag, 48 h) with the same payload
+is a duplicate (dead-lettered as such, unless it is a redelivery); with another payload it is
+dead-lettered with both payloads named, and never applied. Past the window, the state's own
+rule still holds: an event of the same type at the same microsecond changes nothing.
+
+One consumer per stream: two would each read-modify-write the same customer (shard the stream
+by customer for more).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -54,6 +73,10 @@ from training.score import score, warm_up
 log = logging.getLogger("skewless.stream")
 STATE_VIEW = "account_state"
 PROFILE_VIEW = "customer_profile"  # a customer the online store has no profile for is unknown
+STAGED_KEY = b"skewless.staged"  # a part file's metadata: the staged files it was made of
+SEEN_PREFIX = b"skewless:events:seen:"  # + event ID -> its payload (fingerprint()), for the state's retention
+BOUNDARIES = ("state-staged", "state-written", "scores-staged", "scores-stored", "published")  # in order; then the ack
+_KILL_AT = os.environ.get("SKEWLESS_STREAM_KILL_AT")  # tests only: one of BOUNDARIES (boundary())
 CHECK_LOADED_S = 0.1  # how often a consuming consumer checks that this Redis still holds the views it reads
 STATE_TYPE = pa.schema([
     ("customer_id", pa.int64()), ("event_timestamp", pa.timestamp("us", tz="UTC")), ("created", pa.timestamp("us", tz="UTC")),
@@ -118,6 +141,7 @@ class Consumer:
         self._lock = threading.Lock()
         self._flushing: threading.Thread | None = None
         self._pending = {"state": [], "scores": []}  # (staged file, rows) since the last flush
+        self.clean_leftovers()
         self.flush(from_disk=True)  # what a previous run staged and did not get to flush
         warm_up(self.bundle)
 
@@ -191,44 +215,78 @@ class Consumer:
             parsed.append((d, event))
         if not parsed:
             return
+        seen = self._seen([e.event_id for _, e in parsed])  # event ID -> payload, of events applied before
         customers = list(dict.fromkeys(e.customer_id for _, e in parsed))
         values: dict[str, list] = {}
         ts = self.reader.read(customers, now.timestamp(), values)
         known = {c for c, t in zip(customers, ts[PROFILE_VIEW]) if t}
         states = {c: AccountState.from_values(c, {f: values[f][i] for f in FIELDS}) for i, c in enumerate(customers)}
-        changed: dict[int, list[tuple[Delivery, Event]]] = {}
+        changed: set[int] = set()  # customers whose state this batch changes
+        events: dict[int, list[tuple[Delivery, Event]]] = {}  # per customer to score: its events of this batch
+        accepted: dict[int, str] = {}  # event ID -> payload, recorded once the states are written
         for d, event in parsed:
-            if event.customer_id not in known:
-                self._dead(d, "unknown_customer", f"unknown customer {event.customer_id}: no profile in the online store", result)
+            cid = event.customer_id
+            if cid not in known:
+                self._dead(d, "unknown_customer", f"unknown customer {cid}: no profile in the online store", result)
                 continue
-            new = apply(states[event.customer_id], event, self.retention_us)
+            payload = fingerprint(event)
+            before = accepted.get(event.event_id, seen.get(event.event_id))
+            if before is not None and before != payload:
+                self._dead(d, "changed_payload", f"event_id {event.event_id} was applied before as ({before}); this entry says ({payload}): "
+                           "not applied (an event's ID is its identity: send a correction under a new ID)", result)
+                continue
+            new = None if before is not None else apply(states[cid], event, self.retention_us)
             if new is None:
-                if repeats(states[event.customer_id], event) and not d.redelivered:
+                if (before is not None or repeats(states[cid], event)) and not d.redelivered:
                     self._dead(d, "duplicate", f"duplicate: event {event.event_id} ({event.event_type} at {d.fields.get('event_time')}) is already applied", result)
-                else:
-                    result.unchanged += 1
-                    metrics.EVENTS.labels(outcome="unchanged").inc()
-                continue
-            states[event.customer_id] = new
-            changed.setdefault(event.customer_id, []).append((d, event))
-            result.applied += 1
-            metrics.EVENTS.labels(outcome="applied").inc()
-        if not changed:
-            return
-        written_at = datetime.now(timezone.utc)
-        rows = [states[c] for c in changed]
-        table = state_table(rows, written_at)
-        self._stage(table, "state")
-        write_rows(self.client, self.state_plan, online_batch(table, self.state_plan), pipe=self.pipe)
-        done = time.time()
-        self.state_written_at_us = int(done * 1e6)
-        for events in changed.values():
-            for d, _ in events:
-                metrics.EVENT_TO_FEATURE.observe(max(0.0, done - arrival_s(d)))
-        result.scored = self._score(list(changed), changed)
+                    continue
+                result.unchanged += 1
+                metrics.EVENTS.labels(outcome="unchanged").inc()
+                if d.redelivered:  # its state may be written and its score not: scored again (module docstring)
+                    events.setdefault(cid, []).append((d, event))
+            else:
+                states[cid] = new
+                changed.add(cid)
+                events.setdefault(cid, []).append((d, event))
+                result.applied += 1
+                metrics.EVENTS.labels(outcome="applied").inc()
+            accepted[event.event_id] = payload
+        self.state_written_at_us = int(time.time() * 1e6)
+        if changed:
+            table = state_table([states[c] for c in events if c in changed], datetime.now(timezone.utc))
+            self._stage(table, "state")
+            boundary("state-staged")
+            write_rows(self.client, self.state_plan, online_batch(table, self.state_plan), pipe=self.pipe)
+            done = time.time()
+            self.state_written_at_us = int(done * 1e6)
+            for cid in changed:
+                for d, _ in events[cid]:
+                    metrics.EVENT_TO_FEATURE.observe(max(0.0, done - arrival_s(d)))
+            boundary("state-written")
+        if accepted:
+            self._remember(accepted)
+        if events:
+            result.scored = self._score(events)
 
-    def _score(self, customers: list[int], changed: dict[int, list[tuple[Delivery, Event]]]) -> int:
-        """Score the customers whose state changed, at this instant; publish and store each score."""
+    def _seen(self, event_ids: list[int]) -> dict[int, str]:
+        """The payloads recorded for those of `event_ids` applied within the window."""
+        ids = list(dict.fromkeys(event_ids))
+        got = self.client.mget([SEEN_PREFIX + str(i).encode() for i in ids])
+        return {i: v.decode() for i, v in zip(ids, got) if v is not None}
+
+    def _remember(self, accepted: dict[int, str]) -> None:
+        """Record the events of a batch whose states are written (after, never before: a crash
+        between the two leaves a redelivered event that the state itself shows as applied)."""
+        ttl = max(1, self.retention_us // 1_000_000)
+        with self.client.pipeline(transaction=False) as pipe:
+            for event_id, payload in accepted.items():
+                pipe.set(SEEN_PREFIX + str(event_id).encode(), payload, ex=ttl)
+            pipe.execute()
+
+    def _score(self, events: dict[int, list[tuple[Delivery, Event]]]) -> int:
+        """Score `events`' customers at this instant; stage, store, then publish each score
+        under the ID of the customer's newest event of the batch."""
+        customers = list(events)
         now = datetime.now(timezone.utc)
         got = self.lookup.lookup(customers, now)
         found = [i for i, ok in enumerate(got.found) if ok]
@@ -238,9 +296,15 @@ class Consumer:
         feats = {k: [v[i] for i in found] for k, v in got.values.items()}
         s = score(self.bundle, feats)
         scored_at = datetime.now(timezone.utc)
+        newest = [events[c][-1] for c in ids]
+        if self.scores_plan is not None and not isinstance(self.scores_plan, str):
+            table = scores_table(ids, s, self.bundle, now, scored_at, [e.event_id for _, e in newest])
+            self._stage(table, "scores")
+            boundary("scores-staged")
+            write_rows(self.client, self.scores_plan, online_batch(table, self.scores_plan, timestamp="as_of"), pipe=self.pipe)
+            boundary("scores-stored")
         with self.client.pipeline(transaction=False) as pipe:
-            for j, cid in enumerate(ids):
-                d, event = changed[cid][-1]  # the newest event that changed the state
+            for j, (cid, (d, event)) in enumerate(zip(ids, newest)):
                 pipe.xadd(self.output_stream, {
                     "customer_id": cid, "churn_probability": repr(float(s.probability[j])), "churn_prediction": int(s.prediction[j]),
                     "risk_segment": s.risk_segment[j], "model_name": self.bundle.name, "model_version": self.bundle.version,
@@ -248,14 +312,11 @@ class Consumer:
                     "scored_at": scored_at.isoformat(), "features_written_at_us": self.state_written_at_us,
                 })
             pipe.execute()
+        boundary("published")
         done = time.time()
         for cid in ids:
-            for d, _ in changed[cid]:
+            for d, _ in events[cid]:
                 metrics.EVENT_TO_SCORE.observe(max(0.0, done - arrival_s(d)))
-        if self.scores_plan is not None and not isinstance(self.scores_plan, str):
-            table = scores_table(ids, s, self.bundle, now, scored_at, [changed[c][-1][1].event_id for c in ids])
-            self._stage(table, "scores")
-            write_rows(self.client, self.scores_plan, online_batch(table, self.scores_plan, timestamp="as_of"), pipe=self.pipe)
         metrics.SCORES.inc(len(ids))
         return len(ids)
 
@@ -283,6 +344,28 @@ class Consumer:
         with self._lock:
             self._pending[what].append((final, table))
 
+    def _parts(self, what: str) -> list[Path]:
+        """This consumer's part files of one view, oldest first (their names sort by time)."""
+        base = self.state_dir if what == "state" else self.scores_dir
+        return sorted(base.glob(f"**/stream-*-{self.consumer}.parquet"), key=lambda f: f.name)
+
+    def clean_leftovers(self) -> None:
+        """What a killed run of this consumer left half done: staged or part files still `.tmp`
+        (never renamed, so never read), and staged files its last flush had already moved."""
+        for what in ("state", "scores"):
+            if what == "scores" and self.scores_dir is None:
+                continue
+            base = self.state_dir if what == "state" else self.scores_dir
+            for tmp in [*self._staging(what).glob("*.tmp"), *base.glob(f"**/.stream-*-{self.consumer}.parquet.tmp")]:
+                log.info("removing %s, left by a run killed while writing it", tmp)
+                tmp.unlink(missing_ok=True)
+            parts = self._parts(what)
+            if not parts:
+                continue
+            meta = pq.read_schema(parts[-1]).metadata or {}
+            for name in json.loads(meta.get(STAGED_KEY, b"[]")):
+                (self._staging(what) / name).unlink(missing_ok=True)
+
     def flush(self, from_disk: bool = False) -> int:
         """Staged rows -> one part file per view in its source directory; then their staged files go.
 
@@ -300,6 +383,9 @@ class Consumer:
             if not staged:
                 continue
             table = pa.concat_tables([t for _, t in staged])
+            # the part file names the staged files it holds: a run killed before it removed them
+            # all does not flush them twice (clean_leftovers)
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), STAGED_KEY: json.dumps([f.name for f, _ in staged])})
             stamp = f"stream-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{self.consumer}"
             if what == "state":
                 target = self.state_dir / f"{stamp}.parquet"
@@ -332,6 +418,20 @@ def repeats(state: AccountState, event: Event) -> bool:
     if event.event_type in SEATS_EVENTS:
         return state.seats_changed_at_us == event.time_us
     return False
+
+
+def fingerprint(event: Event) -> str:
+    """What an event ID stands for: a repeat of the ID with another payload is not the same event."""
+    amount = "" if event.amount is None else repr(event.amount)
+    return f"customer {event.customer_id}, {event.event_type} at {event.time_us} us, amount {amount or 'none'}"
+
+
+def boundary(name: str) -> None:
+    """A point between two effects of a batch (BOUNDARIES). With SKEWLESS_STREAM_KILL_AT=<name>
+    the process kills itself there with SIGKILL: how the tests crash the real command exactly
+    between two effects (in process, they replace this function)."""
+    if _KILL_AT == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def arrival_s(d: Delivery) -> float:

@@ -66,7 +66,8 @@ def env(live, tmp_path_factory, redis_endpoint):
 @pytest.fixture()
 def streams(env):
     client = env.redis.client()
-    for key in (EVENTS_STREAM, SCORES_STREAM, DEAD_STREAM, f"{EVENTS_STREAM}:acked:skewless-stream"):
+    for key in (EVENTS_STREAM, SCORES_STREAM, DEAD_STREAM, f"{EVENTS_STREAM}:acked:skewless-stream",
+                *client.scan_iter(match=consumer_module.SEEN_PREFIX + b"*")):
         client.delete(key)
     return client
 
@@ -167,38 +168,84 @@ class Crash(BaseException):
     """The process dies here (not an error a handler would catch)."""
 
 
-@pytest.mark.parametrize("where", ["after staging, before the online write", "after the scores, before the acknowledgement"])
-def test_a_consumer_killed_mid_batch_applies_every_event_once_after_a_restart(env, streams, monkeypatch, where):
-    ids = customers(env, 6, seed=5)
+def one_event_each(env, streams, seed: int, first_id: int) -> dict[int, tuple[int, int]]:
+    """One payment failure for each of 6 customers: customer -> (event ID, event time in us).
+
+    One event per customer, so nothing later in the run re-scores a customer a crash skipped."""
     now = datetime.now(timezone.utc)
-    expected = {cid: {"payment_failure_times_us": set(), "support_ticket_times_us": set()} for cid in ids}
-    for i, cid in enumerate(ids * 2):
+    sent = {}
+    for i, cid in enumerate(customers(env, 6, seed=seed)):
         at = now - timedelta(seconds=60 - i)
-        kind = "payment_failed" if i % 2 else "ticket_opened"
-        publish(streams, 1000 + i, cid, kind, at)
-        expected[cid]["payment_failure_times_us" if i % 2 else "support_ticket_times_us"].add(int(at.timestamp()) * 1_000_000 + at.microsecond)
+        publish(streams, first_id + i, cid, "payment_failed", at)
+        sent[cid] = (first_id + i, int(at.timestamp()) * 1_000_000 + at.microsecond)
+    return sent
+
+
+def assert_every_effect_once(env, streams, sent: dict[int, tuple[int, int]]) -> None:
+    """Each event's whole effect, once: its time once in the state online, the same state offline,
+    a stored score and a newest published score under its ID, both what /predict's read and the
+    one scoring function give at that score's instant; nothing dead-lettered, pending or left staged."""
+    from serving.features import FeatureLookup
+
+    assert streams.xlen(DEAD_STREAM) == 0  # a redelivery is no duplicate
+    assert streams.xpending(EVENTS_STREAM, "skewless-stream")["pending"] == 0
+    ids = list(sent)
+    online = state_online(env, ids)
+    offline = state_offline(env)
+    published = output(streams)
+    stored = env.store.get_online_features(features=["churn_scores:churn_probability", "churn_scores:run_id"],
+                                           entity_rows=[{"customer_id": c} for c in ids]).to_dict()
+    lookup = FeatureLookup(env.store, env.bundle.feature_service)
+    for j, (cid, (event_id, at_us)) in enumerate(sent.items()):
+        held = online["payment_failure_times_us"][j]
+        assert held.count(at_us) == 1, (cid, held)  # applied, once
+        assert list(offline.loc[cid]["payment_failure_times_us"]) == held, cid  # offline holds what online holds
+        assert cid in published and int(published[cid]["event_id"]) == event_id, (cid, published.get(cid))  # no stale score
+        assert stored["run_id"][j] == f"event:{event_id}", (cid, stored["run_id"][j])
+        p = float(published[cid]["churn_probability"])
+        assert p == stored["churn_probability"][j], cid  # stored and published are the same score
+        got = lookup.lookup([cid], datetime.fromisoformat(published[cid]["as_of"]))  # /predict's read at that instant
+        assert got.found[0] and got.values["payment_failures_24h"][0] >= 1, cid
+        assert abs(p - score(env.bundle, got.values).probability[0]) <= PROB_TOL, cid
+    for what in ("account_state", "churn_scores"):
+        staging = env.repo / "data" / (f".{what}.staging" if what == "account_state" else ".predictions.staging")
+        assert not list(staging.glob("*/*.tmp")), what
+
+
+@pytest.mark.parametrize("where", consumer_module.BOUNDARIES)
+def test_a_consumer_killed_at_any_boundary_of_a_batch_leaves_every_effect_once(env, streams, monkeypatch, where):
+    sent = one_event_each(env, streams, seed=5, first_id=1000)
+
+    def die_at(name):
+        if name == where:
+            raise Crash(name)
+
     c = Consumer(env.store, env.bundle, RedisStreamSource(env.redis.client(), "crashing"), consumer="crashing", flush_s=3600)
     with monkeypatch.context() as m:
-        if where.startswith("after staging"):
-            m.setattr(consumer_module, "write_rows", lambda *a, **k: (_ for _ in ()).throw(Crash()))
-        else:
-            m.setattr(c.source, "ack", lambda deliveries: (_ for _ in ()).throw(Crash()))
+        m.setattr(consumer_module, "boundary", die_at)
         with pytest.raises(Crash):
             c.step(100, 10)
     restarted = Consumer(env.store, env.bundle, RedisStreamSource(env.redis.client(), "crashing"), consumer="crashing", flush_s=3600)
-    restarted.step(deliveries=restarted.source.pending_of_mine(100))
+    r = restarted.step(deliveries=restarted.source.pending_of_mine(100))
     drain(restarted)
-    assert streams.xlen(DEAD_STREAM) == 0  # a redelivery is no duplicate
-    assert streams.xpending(EVENTS_STREAM, "skewless-stream")["pending"] == 0
-    online = state_online(env, ids)
-    offline = state_offline(env)
-    for j, cid in enumerate(ids):
-        for name, times in expected[cid].items():
-            held = online[name][j]
-            assert times <= set(held), (cid, name)  # none lost
-            assert len(held) == len(set(held)), (cid, name)  # none applied twice
-            assert list(offline.loc[cid][name]) == held, (cid, name)  # offline holds what online holds
-    assert set(output(streams)) >= set(ids)  # every customer's newest state was scored: no gap
+    assert r.read == 6 and r.scored == 6, r  # every redelivered customer scored again, applied or not
+    assert (r.applied, r.unchanged) == ((6, 0) if where == "state-staged" else (0, 6)), r
+    assert_every_effect_once(env, streams, sent)
+
+
+@pytest.mark.parametrize("where", consumer_module.BOUNDARIES)
+def test_sigkill_of_the_real_consumer_at_any_boundary_leaves_every_effect_once(env, streams, where):
+    skewless = Path(sys.executable).with_name("skewless")
+    run_env = dict(os.environ, REDIS_URL=env.redis.url, SKEWLESS_REDIS=env.redis.feast, SKEWLESS_MODEL_DIR=str(env.models))
+    cmd = [str(skewless), "stream", "run", "--repo", str(env.repo), "--metrics-port", "0", "--consumer", "killed"]
+    sent = one_event_each(env, streams, seed=6, first_id=3000)
+    killed = subprocess.run([*cmd, "--until-idle", "5"], env=dict(run_env, SKEWLESS_STREAM_KILL_AT=where), capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    again = subprocess.run([*cmd, "--until-idle", "1"], env=run_env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    applied = 6 if where == "state-staged" else 0
+    assert f"6 events read, {applied} applied, {6 - applied} unchanged, 0 dead-lettered, 6 scores published" in again.stdout, again.stdout
+    assert_every_effect_once(env, streams, sent)
 
 
 def test_sigkill_of_the_real_consumer_loses_nothing(env, streams, tmp_path):
@@ -228,6 +275,41 @@ def test_sigkill_of_the_real_consumer_loses_nothing(env, streams, tmp_path):
         assert len(online["payment_failure_times_us"][j]) == len(set(online["payment_failure_times_us"][j]))  # none twice
         assert list(offline.loc[cid]["payment_failure_times_us"]) == online["payment_failure_times_us"][j]
     assert streams.xlen(DEAD_STREAM) == 0 and set(output(streams)) >= set(ids)
+
+
+def test_a_killed_runs_staging_leftovers_are_cleaned_and_not_flushed_twice(env, streams, monkeypatch):
+    sent = one_event_each(env, streams, seed=8, first_id=7000)
+    c = Consumer(env.store, env.bundle, RedisStreamSource(env.redis.client(), "tidy"), consumer="tidy", flush_s=3600)
+    c.step(100, 10)
+    staging = env.repo / "data" / ".account_state.staging" / "tidy"
+    (staging / "00000000000000000001-deadbeef.tmp").write_bytes(b"half a parquet file")  # killed while staging
+    with monkeypatch.context() as m:  # killed while flushing: the part file is in place, its staged files not yet removed
+        m.setattr(Path, "unlink", lambda self, missing_ok=False: (_ for _ in ()).throw(Crash()))
+        with pytest.raises(Crash):
+            c.flush()
+    assert len(list(staging.glob("*.parquet"))) == 1
+    before = len(pq.read_table(env.repo / "data" / "account_state"))
+    Consumer(env.store, env.bundle, RedisStreamSource(env.redis.client(), "tidy"), consumer="tidy", flush_s=3600).close()
+    assert list(staging.iterdir()) == []  # the .tmp removed, the flushed file not flushed again
+    assert len(pq.read_table(env.repo / "data" / "account_state")) == before
+    assert_every_effect_once(env, streams, sent)
+
+
+def test_an_event_id_sent_again_with_another_payload_is_dead_lettered_not_applied(env, streams):
+    (c,) = customers(env, 1, seed=44)
+    now = datetime.now(timezone.utc)
+    first, second, third = (now - timedelta(seconds=s) for s in (30, 20, 10))
+    us = lambda t: int(t.timestamp()) * 1_000_000 + t.microsecond  # noqa: E731
+    publish(streams, 4242, c, "payment_failed", first)
+    publish(streams, 4242, c, "payment_failed", second)  # same ID, another time, same batch
+    loop = consume(env)
+    publish(streams, 4242, c, "payment_failed", third)  # and in a later batch, recognised from Redis
+    drain(loop)
+    reasons = [f[b"reason"].decode() for _, f in streams.xrange(DEAD_STREAM)]
+    assert len(reasons) == 2 and all("event_id 4242 was applied before" in r for r in reasons), reasons
+    assert str(us(second)) in reasons[0] and str(us(third)) in reasons[1], reasons
+    held = state_online(env, [c])["payment_failure_times_us"][0]
+    assert us(first) in held and us(second) not in held and us(third) not in held
 
 
 def test_bad_and_hostile_events_are_dead_lettered_and_the_rest_applied(env, streams):
