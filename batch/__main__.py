@@ -2,6 +2,6 @@
 
 import sys
 
-from training.cli import main
+from skewless.cli import main
 
 main(["score", *sys.argv[1:]], prog_name="python -m batch")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import click
 
-from training.times import parse_time
-from training.paths import REPO_DIR
+from skewless.times import parse_time
+from skewless.paths import REPO_DIR
 
 MAX_ID = 2**63 - 1
 
@@ -145,10 +145,10 @@ def _run(repo, model_dir, version, when, ids, db, parquet_root, chunk_rows, ray=
     from batch.outputs import OutputError
     from batch.publish import scores_dir
     from batch.retrieval import DEFAULT_CHUNK_ROWS
-    from online_store.redis_server import configured_endpoint, redis_for_feast
-    from training.bundle import DEFAULT_MODEL_DIR, BundleError, load_bundle
-    from training.paths import PREDICTIONS_DIR
-    from training.store import open_store
+    from feast_plugins.redis_server import configured_endpoint, redis_for_feast
+    from skewless.bundle import DEFAULT_MODEL_DIR, BundleError, load_bundle
+    from skewless.paths import PREDICTIONS_DIR
+    from skewless.store import open_store
 
     with contextlib.ExitStack() as stack:
         # a named Redis must answer before anything is scored: the run is published there after it commits
@@ -295,7 +295,7 @@ def status(max_age: str, out_dir: Path | None, db_path: Path | None, repo: Path)
 
     Only full runs (every active customer) count: ad-hoc runs over a list of IDs are listed, not counted as fresh.
     """
-    from training.times import parse_duration
+    from skewless.times import parse_duration
 
     limit = parse_duration(max_age, "--max-age")
 
@@ -329,7 +329,7 @@ def _runs_in_scores_view(repo: Path, run_ids: list[str]) -> set[str]:
     import duckdb
 
     from batch.publish import scores_dir
-    from training.store import open_store
+    from skewless.store import open_store
 
     source = scores_dir(open_store(repo))
     if source is None or not any(source.glob("**/*.parquet")):
@@ -344,8 +344,8 @@ def _check_online_copy(runs, repo: Path) -> str | None:
     """Compare each model's newest full run with the run the named Redis serves; the problem, if any."""
     import yaml
 
-    from online_store.redis_server import configured_endpoint
-    from online_store.served_runs import read_runs
+    from feast_plugins.redis_server import configured_endpoint
+    from feast_plugins.served_runs import read_runs
 
     endpoint = configured_endpoint()
     if endpoint is None:

@@ -1,14 +1,14 @@
 """The batch scoring job: which customers, their features as of T, scores, outputs.
 
 Features come only from Feast's point-in-time retrieval of the bundle's FeatureService
-(batch/retrieval.py), scores only from the shared scoring function (training/score.py), so a
+(batch/retrieval.py), scores only from the shared scoring function (skewless/score.py), so a
 batch score for a customer at T is the score the model would have been trained on at T.
 Customers go through in chunks of `chunk_rows` (retrieval runs one chunk ahead in a
 background thread; DuckDB and XGBoost release the GIL), so memory stays bounded at any
 customer count; outputs are staged and swapped in at the end (batch/outputs.py).
 
 The rules every path shares: a customer with no value from any feature view at T is not found
-(training/contract.py:found), as the service answers 404 for it: counted, listed in the
+(skewless/contract.py:found), as the service answers 404 for it: counted, listed in the
 summary, not scored. An as-of before a view's data starts is refused, since every customer
 would miss that view's features.
 """
@@ -38,10 +38,10 @@ from batch.retrieval import (
     stream_features,
 )
 from batch.stages import StageClock, peak_rss_bytes
-from training.bundle import Bundle
-from training.paths import DATA_DIR, PREDICTIONS_DB, PREDICTIONS_DIR
-from training.prefetch import prefetch
-from training.score import score
+from skewless.bundle import Bundle
+from skewless.paths import DATA_DIR, PREDICTIONS_DB, PREDICTIONS_DIR
+from skewless.prefetch import prefetch
+from skewless.score import score
 
 DEFAULT_OUT_DIR = DATA_DIR
 DEFAULT_DB = PREDICTIONS_DB

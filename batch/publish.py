@@ -4,7 +4,7 @@ The run's Parquet file is already in the `churn_scores` view's source (feature_r
 reads the predictions directory the job writes), so publishing is Feast's materialization of
 that view, by the project's engine: newer wins by as-of (an older as-of never replaces a newer
 score), a re-run of the same as-of replaces it (same as-of, later `scored_at`), and the engine
-records which full run Redis now serves (online_store/served_runs.py). It runs only after the
+records which full run Redis now serves (feast_plugins/served_runs.py). It runs only after the
 DuckDB and Parquet swap has committed, so a failed or interrupted run changes nothing online;
 if Redis fails after the commit, the run is visible offline only and `skewless score status`
 says so until the next load (`skewless materialize`, safe to repeat).
@@ -17,7 +17,7 @@ import io
 from datetime import datetime
 from pathlib import Path
 
-from online_store.served_runs import ServedRun, read_runs, scores_view
+from feast_plugins.served_runs import ServedRun, read_runs, scores_view
 
 
 def scores_dir(store) -> Path | None:
@@ -32,7 +32,7 @@ def scores_dir(store) -> Path | None:
 
 def publish(store, as_of: datetime, model_name: str) -> ServedRun | None:
     """Load the scores view up to `as_of` into the store's Redis; the full run it now serves for the model."""
-    from online_store.redis_server import store_client
+    from feast_plugins.redis_server import store_client
 
     view = scores_view(store)
     with contextlib.redirect_stdout(io.StringIO()):  # Feast's banner: the caller prints what happened

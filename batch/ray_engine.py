@@ -34,7 +34,7 @@ import numpy as np
 
 from batch.job import RunInfo, ScoredChunk
 from batch.stages import StageClock, rss_bytes
-from training.paths import PROJECT_DIR
+from skewless.paths import PROJECT_DIR
 
 MAX_RETRIES = 3
 _cache: dict[tuple, tuple] = {}  # per worker process: (repo, model dir, version) -> (store, bundle, contract)
@@ -45,8 +45,8 @@ def _worker_state(repo: str, model_dir: str, version: str):
     key = (repo, model_dir, version)
     if key not in _cache:
         from batch.retrieval import resolve
-        from training.bundle import load_bundle
-        from training.store import open_store
+        from skewless.bundle import load_bundle
+        from skewless.store import open_store
 
         store = open_store(repo)
         bundle = load_bundle(version, model_dir, store=store)

@@ -43,9 +43,9 @@ from feast.data_format import ParquetFormat
 from feast.infra.offline_stores.file_source import FileSource
 
 from batch.on_demand import apply_on_demand, constant_values
-from training.contract import Contract, resolve  # noqa: F401  (re-exported for callers)
+from skewless.contract import Contract, resolve  # noqa: F401  (re-exported for callers)
 from training.dataset import KEYS, REQUEST_TIME
-from training.sql import ident, literal
+from skewless.sql import ident, literal
 
 DEFAULT_CHUNK_ROWS = 250_000
 DUCKDB_MEMORY_LIMIT = "768MB"  # DuckDB spills beyond this; with a chunk being scored, the run stays under 2 GB

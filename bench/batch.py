@@ -40,16 +40,16 @@ from pathlib import Path
 
 from generated_data import link_data
 
-ROOT = Path(__file__).resolve().parent.parent
+from report import RESULTS, ROOT, stamp
 sys.path.insert(0, str(ROOT))  # the project's packages before this folder's scripts of the same names
-RESULTS = ROOT / "bench" / "results"
+SMOKE_CUSTOMERS = 2_000
 DEFAULT_AS_OF = "2026-10-31T12:00:00+00:00"  # the generated data ends 2026-11-01 (bench/generated_data.py)
 
 BARE = """
 import json, sys, time
 import pandas as pd
 from training.dataset import entity_frame
-from training.store import open_store
+from skewless.store import open_store
 repo, as_of, ids_file = sys.argv[1], pd.Timestamp(sys.argv[2]), sys.argv[3]
 store = open_store(repo)
 ids = pd.read_parquet(ids_file)["customer_id"].to_numpy()
@@ -105,7 +105,7 @@ def prepare(n: int) -> tuple[Path, Path]:
         shutil.rmtree(base, ignore_errors=True)
         shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__", "*.db"))
         link_data(n, repo / "data")
-        sk = [sys.executable, "-m", "training"]
+        sk = [sys.executable, "-m", "skewless"]
         print(f"preparing {n:,} customers in {base}", file=sys.stderr)
         subprocess.run(sk + ["apply", "--repo", str(repo)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         subprocess.run(sk + ["train", "--repo", str(repo), "--model-dir", str(models), "--max-rows", "200000"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -118,7 +118,7 @@ def bench(n: int, as_of: str, skip_bare: bool, bare_rss_cap_mb: float | None, en
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir()
     summary_file = out_dir / "summary.json"
-    cmd = [sys.executable, "-m", "training", "score", "--as-of", as_of, "--repo", str(repo), "--model-dir", str(models),
+    cmd = [sys.executable, "-m", "skewless", "score", "--as-of", as_of, "--repo", str(repo), "--model-dir", str(models),
            "--out-dir", str(out_dir), "--summary-json", str(summary_file), "--top", "0"]
     score_wall, score_rss, _, _ = run_measured(cmd)
     summary = json.loads(summary_file.read_text())
@@ -253,11 +253,15 @@ def main() -> None:
     ap.add_argument("--skip-bare", action="store_true", help="do not run Feast's bare retrieval")
     ap.add_argument("--bare-rss-cap-mb", type=float, default=12_000, help="kill the bare retrieval beyond this RSS (it grows with the customer count)")
     ap.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: also run the Ray engine in the same run")
+    ap.add_argument("--smoke", action="store_true", help="2,000 customers: seconds, to check the benchmark runs (make test)")
     args = ap.parse_args()
+    if args.smoke:
+        args.customers = [SMOKE_CUSTOMERS]
     results = []
     for n in args.customers or [50_000]:
         results.append(bench(n, args.as_of, args.skip_bare, args.bare_rss_cap_mb, args.engine))
         print(table(results[-1:]), file=sys.stderr)
+    print(stamp(f"bench/batch.py, as of {args.as_of}"))
     print(table(results))
     RESULTS.mkdir(parents=True, exist_ok=True)
     for r in results:

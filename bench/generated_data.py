@@ -1,6 +1,6 @@
 """Generated data for the benchmarks: made once per scale, shared by every benchmark.
 
-`skewless generate --customers N --end 2026-11-01` into bench/results/data-<N>/ (the same seed
+`skewless generate --customers N --end 2026-11-01` into bench/results/data-<N>/ (SKEWLESS_BENCH_RESULTS moves it) (the same seed
 and end give the same bytes, so any benchmark may reuse it); benchmarks hard-link the files into
 the repo copies they run on. 10M customers take ~10 minutes and 4.5 GB.
 """
@@ -13,8 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+from report import RESULTS, ROOT
+
 DATA_END = "2026-11-01"
 FILES = ("customer_profiles.parquet", "customer_activity.parquet", "churn_labels.parquet")
 
@@ -25,7 +25,7 @@ def generated(n: int) -> Path:
     if not all((data / f).exists() for f in FILES):
         print(f"generating {n:,} customers into {data}", file=sys.stderr, flush=True)
         # no event log: the batch and materialization benchmarks read the daily sources (10M customers would be 700M events)
-        subprocess.run([sys.executable, "-m", "training", "generate", "--customers", str(n), "--end", DATA_END, "--out", str(data), "--no-events"],
+        subprocess.run([sys.executable, "-m", "skewless", "generate", "--customers", str(n), "--end", DATA_END, "--out", str(data), "--no-events"],
                        check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return data
 

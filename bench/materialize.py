@@ -36,11 +36,14 @@ import psutil
 import yaml
 from generated_data import link_data
 
-ROOT = Path(__file__).resolve().parent.parent
+from report import RESULTS, ROOT, stamp
 sys.path.insert(0, str(ROOT))  # the project's packages before this folder's scripts of the same names
-RESULTS = ROOT / "bench" / "results"
 START, END = "2000-01-01T00:00:00+00:00", "2026-11-01T00:00:00+00:00"  # all generated history (it ends 2026-11-01)
 SAMPLE_KEYS = 2_000
+SMOKE_CUSTOMERS = 2_000
+# the daily views the generated data holds (bench/generated_data.py writes no event log, so the
+# account state's directory and the predictions the scores view reads are not there)
+VIEWS = "customer_profile,customer_activity"
 
 RUN = """
 import json, sys, time, warnings
@@ -50,14 +53,14 @@ from feast import FeatureStore
 store = FeatureStore(repo_path=".")
 engine = store._get_provider().batch_engine
 t = time.perf_counter()
-store.materialize(datetime.fromisoformat(sys.argv[1]), datetime.fromisoformat(sys.argv[2]))
+store.materialize(datetime.fromisoformat(sys.argv[1]), datetime.fromisoformat(sys.argv[2]), feature_views=sys.argv[3].split(","))
 seconds = time.perf_counter() - t
 runs = [dict(view=r.view, rows=r.rows, written=r.written, seconds=r.seconds, query_seconds=r.query_seconds) for r in getattr(engine, "runs", [])]
 print(json.dumps({"engine": type(engine).__name__, "seconds": seconds, "runs": runs}))
 """
 
 # Feast's stock materialize with each stage timed in place (the engine's own functions wrapped),
-# peak RSS per stage polled: the profile in online_store/materialize_engine.py's docstring.
+# peak RSS per stage polled: the profile in feast_plugins/materialize_engine.py's docstring.
 PROFILE = """
 import collections, json, sys, threading, time, warnings
 from datetime import datetime
@@ -94,7 +97,7 @@ def pipeline_execute(self, *a, **k):
 redis.client.Pipeline.execute = pipeline_execute
 store = FeatureStore(repo_path=".")
 t = time.perf_counter()
-store.materialize(datetime.fromisoformat(sys.argv[1]), datetime.fromisoformat(sys.argv[2]))
+store.materialize(datetime.fromisoformat(sys.argv[1]), datetime.fromisoformat(sys.argv[2]), feature_views=sys.argv[3].split(","))
 secs["total"] = time.perf_counter() - t
 rest = secs["4 online_write_batch"] - secs["4a pipelined HMGET of `_ts` (read-before-write)"] - secs["4b pipelined HSET"]
 secs["4c per-row Python: keys, Timestamp, SerializeToString"] = rest
@@ -116,14 +119,14 @@ def prepare(n: int) -> tuple[Path, Path]:
             config["batch_engine"] = "local"  # Feast's own engine
             config["online_store"]["type"] = "redis"  # and Feast's own Redis store
         else:
-            assert config.get("batch_engine", {}).get("type") == "online_store.materialize_engine.SkewlessRedisEngine", "feature_repo/feature_store.yaml does not name the skewless engine"
+            assert config.get("batch_engine", {}).get("type") == "feast_plugins.materialize_engine.SkewlessRedisEngine", "feature_repo/feature_store.yaml does not name the skewless engine"
         (repo / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         repos.append(repo)
     return repos[0], repos[1]
 
 
 def feast_env(endpoint) -> dict[str, str]:
-    from training.store import REDIS_ENV
+    from skewless.store import REDIS_ENV
 
     return dict(os.environ, **{REDIS_ENV: endpoint.feast})
 
@@ -196,7 +199,7 @@ def sample(client, keys: list[bytes] | None = None) -> dict[bytes, dict[bytes, b
 
 
 def bench(n: int, stock_max: int, rss_cap_mb: float, profile_only: bool) -> dict:
-    from online_store.redis_server import throwaway_redis
+    from feast_plugins.redis_server import throwaway_redis
 
     stock_repo, our_repo = prepare(n)
     result: dict = {"customers": n, "window": [START, END]}
@@ -205,7 +208,7 @@ def bench(n: int, stock_max: int, rss_cap_mb: float, profile_only: bool) -> dict
         env = feast_env(endpoint)
         if profile_only:
             feast_apply(stock_repo, endpoint)
-            r = run_measured([sys.executable, "-c", PROFILE, START, END], stock_repo, env, rss_cap_mb)
+            r = run_measured([sys.executable, "-c", PROFILE, START, END, VIEWS], stock_repo, env, rss_cap_mb)
             result["stock_profile"] = json.loads(r["stdout"].strip().splitlines()[-1])
             return result
         rows = expected_rows(stock_repo / "data")
@@ -218,7 +221,7 @@ def bench(n: int, stock_max: int, rss_cap_mb: float, profile_only: bool) -> dict
             client.flushall()
             feast_apply(repo, endpoint)
             print(f"{n:,} customers: {name} materialize ...", file=sys.stderr)
-            r = run_measured([sys.executable, "-c", RUN, START, END], repo, env, rss_cap_mb if name == "stock" else None)
+            r = run_measured([sys.executable, "-c", RUN, START, END, VIEWS], repo, env, rss_cap_mb if name == "stock" else None)
             if r["killed"]:
                 result[name] = {"killed_at_rss_mb": rss_cap_mb, "process_seconds": r["process_seconds"]}
                 continue
@@ -274,10 +277,14 @@ def main() -> None:
     ap.add_argument("--stock-max-customers", type=int, default=1_000_000, help="skip Feast's stock engine above this scale")
     ap.add_argument("--stock-rss-cap-mb", type=float, default=16_000, help="kill the stock run beyond this RSS")
     ap.add_argument("--profile-only", action="store_true", help="only profile the stock path, stage by stage")
+    ap.add_argument("--smoke", action="store_true", help="2,000 customers: seconds, to check the benchmark runs (make test)")
     args = ap.parse_args()
+    if args.smoke:
+        args.customers = [SMOKE_CUSTOMERS]
     results = []
     for n in args.customers or [100_000, 1_000_000]:
         results.append(bench(n, args.stock_max_customers, args.stock_rss_cap_mb, args.profile_only))
+        print(stamp(f"bench/materialize.py, window {START[:10]} .. {END[:10]}"))
         print(table(results[-1]) + "\n", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for r in results:

@@ -1,14 +1,14 @@
-"""Benchmark the model call alone: one row and 100 rows, hot and with cold caches (issue #18).
+"""Benchmark the model call alone: one row and 100 rows, hot and with cold caches.
 
     .venv/bin/python bench/model_call.py [--bundle DIR]
     uv run --with treelite --with tl2cgen python bench/model_call.py    # adds a compiled model (uv: .tools/bin/uv if make installed it)
 
 Options measured on the same matrix, in the same run:
 
-- `training/trees.py`: QuickScorer over the trees, compiled by numba (what every path scores
+- `skewless/trees.py`: QuickScorer over the trees, compiled by numba (what every path scores
   with), and its walk of the trees node by node (what a forest with a tree of more than 64
-  leaves is scored with; every path's scorer before stop 30);
-- `training/score.py:predict`: XGBoost's C call with its arguments prepared once (what every
+  leaves is scored with);
+- `skewless/score.py:predict`: XGBoost's C call with its arguments prepared once (what every
   path used before the walk);
 - `Booster.inplace_predict`: the same call through XGBoost's Python wrapper;
 - with treelite and tl2cgen installed: the model compiled to C by tl2cgen (gcc, parallel
@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from report import RESULTS, ROOT, stamp
 sys.path.insert(0, str(ROOT))
-DEFAULT_BUNDLE = ROOT / "bench" / "results" / "online-50000" / "models" / "churn" / "latest"
+DEFAULT_BUNDLE = RESULTS / "online-50000" / "models" / "churn" / "latest"
+SMOKE_BUNDLE = RESULTS / "online-2000" / "models" / "churn" / "latest"
 
 
 def compiled(booster, workdir: Path):
@@ -59,15 +60,18 @@ def compiled(booster, workdir: Path):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="A bundle directory (bench/online.py trains one).")
+    ap.add_argument("--bundle", type=Path, default=None, help="A bundle directory (default: the one bench/online.py trains).")
+    ap.add_argument("--smoke", action="store_true", help="10 calls each, on bench/online.py --smoke's bundle: to check the benchmark runs (make test)")
     args = ap.parse_args()
+    calls = 10 if args.smoke else 300
+    args.bundle = args.bundle or (SMOKE_BUNDLE if args.smoke else DEFAULT_BUNDLE)
     if not (args.bundle / "manifest.json").is_file():
-        sys.exit(f"no bundle at {args.bundle}: run `.venv/bin/python bench/online.py --only health` once, or pass --bundle")
+        sys.exit(f"no bundle at {args.bundle}: run `.venv/bin/python bench/online.py --only health` (--smoke: `bench/online.py --smoke`) once, or pass --bundle")
 
     import pandas as pd
 
-    from training.bundle import load_bundle
-    from training.score import feature_matrix, predict
+    from skewless.bundle import load_bundle
+    from skewless.score import feature_matrix, predict
 
     bundle = load_bundle(args.bundle.resolve().name, args.bundle.resolve().parent.parent, name=args.bundle.resolve().parent.name)
     x_all = feature_matrix(bundle.features, pd.read_parquet(args.bundle / "training_set.parquet"))
@@ -91,7 +95,7 @@ def main() -> None:
 
         def median_us(fn, rows: int, before: str) -> float:
             times = []
-            for i in range(100 if before == "idle" else 300):
+            for i in range(max(calls // 3, 1) if before == "idle" else calls):
                 at = (i * 7919) % (len(x_all) - rows)
                 x = np.ascontiguousarray(x_all[at:at + rows])
                 if before == "cold":
@@ -103,7 +107,8 @@ def main() -> None:
                 times.append((time.perf_counter() - t) * 1e6)
             return statistics.median(times)
 
-        print(f"\n{booster.num_boosted_rounds()} trees, {x_all.shape[1]} features; median of 300 calls, microseconds\n")
+        print("\n" + stamp("bench/model_call.py"))
+        print(f"{booster.num_boosted_rounds()} trees, {x_all.shape[1]} features; median of {calls} calls, microseconds\n")
         print("| option | 1 row hot | cold | idle | 100 rows hot | cold | idle | bit-equal to XGBoost | max abs diff |")
         print("|---|---|---|---|---|---|---|---|---|")
         for name, fn in options.items():

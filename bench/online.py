@@ -48,8 +48,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+from report import RESULTS, ROOT, stamp
 sys.path.insert(0, str(ROOT))  # the project's packages before this folder's scripts of the same names
 
 CONNECTIONS = 64
@@ -264,8 +263,8 @@ class RolloutDuring(threading.Thread):
 
     def __init__(self, models: Path, seconds: float):
         super().__init__(daemon=True)
-        from serving.settings import Settings
-        from training.bundle import point_latest
+        from online.settings import Settings
+        from skewless.bundle import point_latest
 
         self.poll_s = Settings.model_fields["model_poll_s"].default  # how long a worker may take to notice a move
         self.root, self.seconds, self.point_latest = models / "churn", seconds, point_latest
@@ -341,8 +340,8 @@ def run_load(port: int, payloads: list[str], rate: float, seconds: float, track_
 # ---------------------------------------------------------------- preparation
 def prepare(n: int, redis_feast: str) -> tuple[Path, Path]:
     """feature_repo copy (TTL store in the yaml), data ending today, applied, a model trained."""
-    from training.generate import GenerateConfig, generate
-    from training.store import REDIS_ENV, open_store
+    from synthetic.generate import GenerateConfig, generate
+    from skewless.store import REDIS_ENV, open_store
     from training.train import train
 
     today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -370,7 +369,7 @@ def prepare(n: int, redis_feast: str) -> tuple[Path, Path]:
 def fill_redis(store, end: datetime) -> float:
     """Load every online view into Redis up to `end` with Feast's own materialize.
 
-    Kept to one function so `skewless materialize` (online_store/materialize.py) can replace it.
+    Kept to one function so `skewless materialize` (feast_plugins/materialize.py) can replace it.
     """
     t = time.perf_counter()
     for view in store.list_feature_views():
@@ -492,14 +491,17 @@ def main() -> None:
     ap.add_argument("--no-feast", action="store_true", help="Skip the feast serve scenarios.")
     ap.add_argument("--only", default=None, help="Run only the scenarios whose name contains this text, or one of these comma-separated texts (e.g. scores,feast).")
     ap.add_argument("--repeat", type=int, default=3, help="Rounds over all scenarios; the table shows the median round and each round's p50/p99.")
+    ap.add_argument("--smoke", action="store_true", help="2,000 customers, one worker, one round of 1 s a scenario: to check the benchmark runs (make test)")
     args = ap.parse_args()
+    if args.smoke:
+        args.customers, args.seconds, args.repeat, args.workers = 2_000, 1.0, 1, 1
 
     import pandas as pd
 
-    from online_store.redis_server import free_port, throwaway_redis
-    from serving.metrics import FLUSH_S
-    from training.generate import PROFILES_FILE
-    from training.store import REDIS_ENV, open_store
+    from feast_plugins.redis_server import free_port, throwaway_redis
+    from online.metrics import FLUSH_S
+    from synthetic.generate import PROFILES_FILE
+    from skewless.store import REDIS_ENV, open_store
 
     procs: list[subprocess.Popen] = []
     results: list[dict] = []
@@ -512,14 +514,14 @@ def main() -> None:
         print(f"redis 127.0.0.1:{redis_ep.port}: {redis_ep.client().dbsize():,} keys, materialized in {seconds:.0f}s", flush=True)
         ids = pd.read_parquet(repo / "data" / PROFILES_FILE, columns=["customer_id"])["customer_id"].drop_duplicates().tolist()
         random.seed(1)
-        sample = random.sample(ids, 2000)
+        sample = random.sample(ids, min(2000, len(ids)))
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}  # Feast sets its own on import
         env.update({REDIS_ENV: redis_ep.feast, "SKEWLESS_FEATURE_LOG_DIR": str(repo.parent / "feature_log")})
         app_port, feast_port = free_port(), free_port()
         app_log, feast_log = repo.parent / "service.log", repo.parent / "feast_serve.log"
         try:
-            app = start([sys.executable, "-m", "training", "serve", "--port", str(app_port), "--workers", str(args.workers),
+            app = start([sys.executable, "-m", "skewless", "serve", "--port", str(app_port), "--workers", str(args.workers),
                          "--repo", str(repo), "--model-dir", str(models)], env, ROOT, app_log)
             procs.append(app)
             feast = None
@@ -533,19 +535,19 @@ def main() -> None:
                 wait_ready(f"http://127.0.0.1:{feast_port}/health", feast, feast_log)
             # the same service with an API key required: the cost of authentication, same run
             keyed_port, keyed_log = free_port(), repo.parent / "service_keyed.log"
-            keyed = start([sys.executable, "-m", "training", "serve", "--port", str(keyed_port), "--workers", str(args.workers),
+            keyed = start([sys.executable, "-m", "skewless", "serve", "--port", str(keyed_port), "--workers", str(args.workers),
                            "--repo", str(repo), "--model-dir", str(models)], env | {"SKEWLESS_API_KEYS": BENCH_KEY}, ROOT, keyed_log)
             procs.append(keyed)
             wait_ready(f"http://127.0.0.1:{keyed_port}/ready", keyed, keyed_log)
             # the same service scoring one request at a time: what dynamic batching saves, same run
             single_port, single_log = free_port(), repo.parent / "service_unbatched.log"
-            unbatched = start([sys.executable, "-m", "training", "serve", "--port", str(single_port), "--workers", str(args.workers),
+            unbatched = start([sys.executable, "-m", "skewless", "serve", "--port", str(single_port), "--workers", str(args.workers),
                                "--repo", str(repo), "--model-dir", str(models)], env | {"SKEWLESS_BATCH_MAX_IDS": "1"}, ROOT, single_log)
             procs.append(unbatched)
             wait_ready(f"http://127.0.0.1:{single_port}/ready", unbatched, single_log)
             # the same service with every /predict through FastAPI's route: what the fast path saves, same run
             routed_port, routed_log = free_port(), repo.parent / "service_routed.log"
-            routed = start([sys.executable, "-m", "training", "serve", "--port", str(routed_port), "--workers", str(args.workers),
+            routed = start([sys.executable, "-m", "skewless", "serve", "--port", str(routed_port), "--workers", str(args.workers),
                             "--repo", str(repo), "--model-dir", str(models)], env | {"SKEWLESS_PREDICT_FAST_PATH": "false"}, ROOT, routed_log)
             procs.append(routed)
             wait_ready(f"http://127.0.0.1:{routed_port}/ready", routed, routed_log)
@@ -556,12 +558,12 @@ def main() -> None:
             # feast serve is asked for churn_v1's view features: the same Redis reads, without the
             # transform and the model (it can run the on-demand views too, with `as_of` as Unix
             # seconds in the entities; the README's table was measured on the raw views).
-            from serving.features import FeatureLookup
+            from online.features import FeatureLookup
 
             refs = FeatureLookup(store, "churn_v1").refs
             feast_req = [http_post("/get-online-features", {"features": refs, "entities": {"customer_id": [c]}}) for c in sample]
             health = [http_get("/health")]
-            from serving.scores import COLUMNS
+            from online.scores import COLUMNS
 
             import duckdb
 
@@ -605,9 +607,11 @@ def main() -> None:
                 ]
             if args.only:
                 scenarios = [sc for sc in scenarios if any(part in sc[0] for part in args.only.split(","))]
+            if args.smoke:  # every kind of scenario once, at the lowest rate
+                scenarios = [sc for sc in scenarios if sc[4] <= 200 or "rollout" in sc[0]]
             for rep in range(args.repeat):  # rounds over every scenario: a noisy minute spreads over all of them
                 for name, proc, port, payloads, rate, route in scenarios:
-                    if route:  # every worker has handed its tallies to /metrics (serving/metrics.py:FLUSH_S)
+                    if route:  # every worker has handed its tallies to /metrics (online/metrics.py:FLUSH_S)
                         time.sleep(FLUSH_S + 0.3)
                     before = scrape(port) if route else {}
                     load = os.getloadavg()[0]  # other jobs on the machine show here
@@ -631,7 +635,8 @@ def main() -> None:
             for p in procs:
                 stop(p)
 
-    print(f"\n{args.customers:,} customers, {args.workers} workers per server, {os.cpu_count()} cores shared with the "
+    print("\n" + stamp("bench/online.py"))
+    print(f"{args.customers:,} customers, {args.workers} workers per server, {os.cpu_count()} cores shared with the "
           f"load generator, Redis and whatever else runs; {args.repeat} round(s) of {args.seconds:g} s per scenario: "
           "the median round, and each round's p50 / p99 (load = 1-minute load average before the round)")
     print("\n| scenario | rate/s | achieved/s | p50 ms | p95 ms | p99 ms | max ms | errors | server CPU ms/req | load gen CPU ms/req | p50 of each round | p99 of each round |")

@@ -1,4 +1,4 @@
-"""Benchmark the pieces around the model in one /predict request, one by one, in process (#18).
+"""Benchmark the pieces around the model in one /predict request, one by one, in process.
 
     .venv/bin/python bench/request_parts.py [--bundle DIR]
 
@@ -7,7 +7,7 @@ body validation (the JSON body parsed and validated as FastAPI does it: `json.lo
 route's Pydantic model), building and serializing the answer (the service's row, written by
 `RowsJSON` as the Prediction model's JSON), one Prometheus histogram observation in
 this process and in multiprocess mode (what `skewless serve --workers N` uses), one counter
-increment, both through serving/metrics.py's Tally, the API-key check over 3 keys, and one row handed to the feature log.
+increment, both through online/metrics.py's Tally, the API-key check over 3 keys, and one row handed to the feature log.
 
 Needs a bundle for the feature log's schema (bench/online.py trains one).
 """
@@ -25,13 +25,16 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from report import RESULTS, ROOT, stamp
 sys.path.insert(0, str(ROOT))
-DEFAULT_BUNDLE = ROOT / "bench" / "results" / "online-50000" / "models" / "churn" / "latest"
+DEFAULT_BUNDLE = RESULTS / "online-50000" / "models" / "churn" / "latest"
+SMOKE_BUNDLE = RESULTS / "online-2000" / "models" / "churn" / "latest"
 CALLS = 20_000
+SMOKE_CALLS = 500
 
 
-def median_us(fn, calls: int = CALLS) -> float:
+def median_us(fn, calls: int | None = None) -> float:
+    calls = calls or CALLS
     rounds = []
     for _ in range(5):
         t = time.perf_counter()
@@ -43,7 +46,7 @@ def median_us(fn, calls: int = CALLS) -> float:
 
 def metrics_parts() -> dict[str, float]:
     """Histogram and counter costs in this process's metrics mode (set before the import)."""
-    from serving.metrics import MODEL, PREDICTIONS, tally
+    from online.metrics import MODEL, PREDICTIONS, tally
 
     ok = PREDICTIONS.labels(outcome="ok")
     model, counted = tally(MODEL), tally(ok)
@@ -53,20 +56,26 @@ def metrics_parts() -> dict[str, float]:
 
 
 def main() -> None:
-    if sys.argv[1:] == ["--metrics"]:  # child: metrics only, in the mode its environment sets
+    global CALLS
+    if sys.argv[1:2] == ["--metrics"]:  # child: metrics only, in the mode its environment sets
+        CALLS = SMOKE_CALLS if "--smoke" in sys.argv else CALLS
         print(json.dumps(metrics_parts()))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    ap.add_argument("--bundle", type=Path, default=None, help="A bundle directory (default: the one bench/online.py trains).")
+    ap.add_argument("--smoke", action="store_true", help=f"{SMOKE_CALLS} calls each, on bench/online.py --smoke's bundle: to check the benchmark runs (make test)")
     args = ap.parse_args()
+    if args.smoke:
+        CALLS = SMOKE_CALLS
+    args.bundle = args.bundle or (SMOKE_BUNDLE if args.smoke else DEFAULT_BUNDLE)
     if not (args.bundle / "manifest.json").is_file():
-        sys.exit(f"no bundle at {args.bundle}: run `.venv/bin/python bench/online.py --only health` once, or pass --bundle")
+        sys.exit(f"no bundle at {args.bundle}: run `.venv/bin/python bench/online.py --only health` (--smoke: `bench/online.py --smoke`) once, or pass --bundle")
 
     from monitoring.feature_log import FeatureLogger, Served
-    from serving.auth import ApiKeys
-    from serving.responses import RowsJSON
-    from serving.schemas import PredictRequest
-    from training.bundle import load_bundle
+    from online.auth import ApiKeys
+    from online.responses import RowsJSON
+    from online.schemas import PredictRequest
+    from skewless.bundle import load_bundle
 
     path = args.bundle.resolve()
     bundle = load_bundle(path.name, path.parent.parent, name=path.parent.name)
@@ -85,7 +94,7 @@ def main() -> None:
     parts["API key check (3 keys)"] = median_us(lambda: keys.allows("sk_three"))
     for mode, env in (("in process", {}), ("multiprocess", {"PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp()})):
         child = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"} | env
-        out = subprocess.run([sys.executable, __file__, "--metrics"], env=child, capture_output=True, text=True, check=True).stdout
+        out = subprocess.run([sys.executable, __file__, "--metrics", *(["--smoke"] if args.smoke else [])], env=child, capture_output=True, text=True, check=True).stdout
         for name, us in json.loads(out.strip().splitlines()[-1]).items():
             parts[f"metrics: {name} ({mode})"] = us
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,6 +103,7 @@ def main() -> None:
         served = Served(now, [1234567], [0.1], [0], ["Low"], row)
         parts["feature log: one row handed over"] = median_us(lambda: logger.log(served))
         logger.close()
+    print(stamp("bench/request_parts.py"))
     print(f"median of {CALLS:,} calls, hot, in process\n")
     print("| piece | µs per request |")
     print("|---|---|")

@@ -33,8 +33,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+from report import RESULTS, ROOT, stamp
 sys.path.insert(0, str(ROOT))
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -42,8 +41,8 @@ KINDS = [("payment_failed", None), ("ticket_opened", None), ("plan_changed", "se
 
 
 def prepare(n: int, redis_feast: str) -> tuple[Path, Path]:
-    from training.generate import GenerateConfig, generate
-    from training.store import REDIS_ENV, open_store
+    from synthetic.generate import GenerateConfig, generate
+    from skewless.store import REDIS_ENV, open_store
     from training.train import train
 
     today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
@@ -130,7 +129,7 @@ def measure(client, sent: dict[int, tuple[int, int, str]], since: bytes, wait_s:
 
 def lost(store, sent: dict[int, tuple[int, int, str]]) -> int:
     """Events whose effect is not in the online state now (each payment failure and ticket must be there)."""
-    from stream.state import FIELDS
+    from skewless.account_state import FIELDS
 
     by_customer: dict[int, list[tuple[str, int]]] = {}
     for cid, at, kind in sent.values():
@@ -176,7 +175,7 @@ def feast_serve_push(repo: Path, env: dict, ids: list[int], n: int) -> list[floa
     """`feast serve`'s POST /push of the same kind of state rows, one row a request, sequentially."""
     import httpx
 
-    from online_store.redis_server import free_port
+    from feast_plugins.redis_server import free_port
 
     port = free_port()
     proc = subprocess.Popen([str(Path(sys.executable).with_name("feast")), "serve", "-h", "127.0.0.1", "-p", str(port), "-w", "1", "--no-access-log"],
@@ -217,15 +216,18 @@ def main() -> None:
     ap.add_argument("--rates", default="1000,2000,4000")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--batch", type=int, default=200, help="The consumer's --batch.")
+    ap.add_argument("--smoke", action="store_true", help="2,000 customers, one round of 2 s at 200 events/s: to check the benchmark runs (make test)")
     args = ap.parse_args()
+    if args.smoke:
+        args.customers, args.seconds, args.rates, args.repeat = 2_000, 2.0, "200", 1
 
     import pandas as pd
 
-    from online_store.materialize import materialize
-    from online_store.redis_server import throwaway_redis
+    from feast_plugins.materialize import materialize
+    from feast_plugins.redis_server import throwaway_redis
     from stream.source import SCORES_STREAM
-    from training.generate import PROFILES_FILE
-    from training.store import REDIS_ENV, open_store
+    from synthetic.generate import PROFILES_FILE
+    from skewless.store import REDIS_ENV, open_store
 
     results = []
     with throwaway_redis() as redis_ep:
@@ -237,7 +239,7 @@ def main() -> None:
         client = redis_ep.client(timeout=30)
         env = dict(os.environ, REDIS_URL=redis_ep.url, SKEWLESS_REDIS=redis_ep.feast, SKEWLESS_MODEL_DIR=str(models))
         log = open(repo.parent / "consumer.log", "w")
-        consumer = subprocess.Popen([sys.executable, "-m", "training", "stream", "run", "--repo", str(repo), "--batch", str(args.batch),
+        consumer = subprocess.Popen([sys.executable, "-m", "skewless", "stream", "run", "--repo", str(repo), "--batch", str(args.batch),
                                      "--metrics-port", "0"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             time.sleep(1)
@@ -268,7 +270,8 @@ def main() -> None:
         push = feast_push(store, ids, 200)
         push["serve_push_ms"] = feast_serve_push(repo, env, ids, 200)
 
-    print(f"\n{args.customers:,} customers, consumer --batch {args.batch}, {os.cpu_count()} cores shared with the producer and Redis; "
+    print("\n" + stamp("bench/stream.py"))
+    print(f"{args.customers:,} customers, consumer --batch {args.batch}, {os.cpu_count()} cores shared with the producer and Redis; "
           f"{args.repeat} round(s) of {args.seconds:g} s per rate (median round)")
     print("\n| rate/s | achieved/s | events | lost | event->feature p50 / p95 / p99 ms | event->score p50 / p95 / p99 ms | sustained |")
     print("|---|---|---|---|---|---|---|")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from training.paths import DATA_DIR, REPO_DIR
+from skewless.paths import DATA_DIR, REPO_DIR
 
 DEFAULT_PORT = 8000
 RESULT = DATA_DIR / "demo" / "online.json"
@@ -56,7 +56,7 @@ def duckdb_row(customer_id: int) -> dict | None:
     """The customer's row of the newest full run in the predictions database, if there is one."""
     import duckdb
 
-    from training.paths import PREDICTIONS_DB
+    from skewless.paths import PREDICTIONS_DB
 
     if not PREDICTIONS_DB.exists():
         return None
@@ -80,8 +80,8 @@ def live_event(store, endpoint, base: str, active) -> dict | None:
 
     from stream.consumer import Consumer
     from stream.source import EVENTS_STREAM, SCORES_STREAM, RedisStreamSource
-    from serving.settings import Settings
-    from training.bundle import load_bundle
+    from online.settings import Settings
+    from skewless.bundle import load_bundle
 
     settings = Settings()  # the same bundle the service serves (SKEWLESS_MODEL_DIR, SKEWLESS_MODEL_VERSION)
     bundle = load_bundle(settings.model_version, settings.model_dir, store=store)
@@ -139,9 +139,9 @@ def demo_online(repo: Path, count: int, traffic: int, result_path: Path) -> None
     import httpx
 
     from batch.retrieval import active_customers
-    from online_store.materialize import materialize
-    from online_store.redis_server import free_port, redis_for_feast
-    from training.store import open_store
+    from feast_plugins.materialize import materialize
+    from feast_plugins.redis_server import free_port, redis_for_feast
+    from skewless.store import open_store
 
     with redis_for_feast() as endpoint:
         store = open_store(repo)
@@ -154,7 +154,7 @@ def demo_online(repo: Path, count: int, traffic: int, result_path: Path) -> None
         port = DEFAULT_PORT if port_is_free(DEFAULT_PORT) else free_port()
         env = dict(os.environ, SKEWLESS_REPO_PATH=str(repo))
         server = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--port", str(port), "--log-level", "warning"],
+            [sys.executable, "-m", "uvicorn", "online.app:create_app", "--factory", "--port", str(port), "--log-level", "warning"],
             env=env,
         )
         base = f"http://127.0.0.1:{port}"

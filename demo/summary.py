@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from training.paths import DATA_DIR, PREDICTIONS_DB, PREDICTIONS_DIR, REPO_DIR
+from skewless.paths import DATA_DIR, PREDICTIONS_DB, PREDICTIONS_DIR, REPO_DIR
 
 REPORT = DATA_DIR / "skew_report.html"
 
@@ -31,8 +31,8 @@ def demo_summary(started: str | None) -> None:
     """Summarize the demo: what ran, where the outputs are, the skew result, what to try next."""
     from batch.status import latest_runs
     from demo.online import RESULT
-    from training.bundle import DEFAULT_MODEL_DIR, BundleError, load_bundle
-    from training.times import parse_time
+    from skewless.bundle import DEFAULT_MODEL_DIR, BundleError, load_bundle
+    from skewless.times import parse_time
 
     try:
         bundle = load_bundle("latest", DEFAULT_MODEL_DIR)

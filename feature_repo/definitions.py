@@ -124,7 +124,7 @@ account_state = FeatureView(
     ],
     source=account_state_source,
     online=True,
-    description="What account events say about a customer right now; folded by stream/state.py.",
+    description="What account events say about a customer right now; folded by skewless/account_state.py.",
     owner=OWNER,
     tags={**TAGS, "retention": "48h"},  # event times kept, before the newest: at least the longest live window
 )

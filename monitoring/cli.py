@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from training.paths import DATA_DIR, FEATURE_LOG_DIR, PREDICTIONS_DB, REPO_DIR
+from skewless.paths import DATA_DIR, FEATURE_LOG_DIR, PREDICTIONS_DB, REPO_DIR
 
 REPORT_HTML = DATA_DIR / "skew_report.html"
 
@@ -29,14 +29,14 @@ REPORT_HTML = DATA_DIR / "skew_report.html"
 @click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), default=None, help="PNG chart path (default: beside the page, .png).")
 def skew_report_command(since, log_dir, db_path, version, model_dir, repo, max_mismatch, max_psi, min_customers, html_path, chart) -> None:
     """Replay served requests through point-in-time retrieval; report skew and drift (HTML + PNG)."""
-    from training.times import parse_time
+    from skewless.times import parse_time
 
     when = parse_time(since) if since else None
 
     from monitoring.report_page import write_report
     from monitoring.skew_report import build_report, format_drift, format_skew
-    from training.bundle import DEFAULT_MODEL_DIR, BundleError, load_bundle
-    from training.store import open_store
+    from skewless.bundle import DEFAULT_MODEL_DIR, BundleError, load_bundle
+    from skewless.store import open_store
 
     store = open_store(repo)
     try:

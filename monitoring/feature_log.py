@@ -58,8 +58,8 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from serving.metrics import ERRORS, FEATURE_LOG_DROPPED, FEATURE_LOG_WRITTEN
-from training.bundle import Bundle
+from online.metrics import ERRORS, FEATURE_LOG_DROPPED, FEATURE_LOG_WRITTEN
+from skewless.bundle import Bundle
 
 _FILE_SEQ = itertools.count(1)  # per process: a logger of a rolled-out model never reuses a name
 

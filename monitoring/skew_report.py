@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.bundle import Bundle, FeatureSpec
+from skewless.bundle import Bundle, FeatureSpec
 
 FLOAT_TOLERANCE = 1e-9
 PSI_BINS = 10
@@ -188,7 +188,7 @@ def build_report(store, bundle: Bundle, log_dir: Path, db_path: Path | None, sin
     """
     from monitoring.feature_log import read_log
     from training.dataset import KEYS, historical_features
-    from training.score import score
+    from skewless.score import score
 
     table = read_log(log_dir)
     if table is None:

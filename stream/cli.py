@@ -19,13 +19,13 @@ from pathlib import Path
 
 import click
 
-from training.paths import REPO_DIR
+from skewless.paths import REPO_DIR
 
 DEFAULT_METRICS_PORT = 9108
 
 
 def _named_redis():
-    from online_store.redis_server import configured_endpoint, redis_for_feast
+    from feast_plugins.redis_server import configured_endpoint, redis_for_feast
 
     if configured_endpoint() is None:
         raise click.ClickException("no Redis named: set REDIS_URL (or SKEWLESS_REDIS) to the Redis the events arrive in and the online store is")
@@ -53,11 +53,11 @@ def run(repo, model_dir, version, consumer, count, block_ms, flush_s, metrics_po
         raise click.ClickException(f"--flush-s must be positive, got {flush_s:g}")
     if until_idle is not None and until_idle < 0:
         raise click.ClickException(f"--until-idle must be 0 or more seconds, got {until_idle:g}")
-    from online_store.redis_server import store_client
+    from feast_plugins.redis_server import store_client
     from stream.consumer import Consumer
     from stream.source import RedisStreamSource
-    from training.bundle import DEFAULT_MODEL_DIR, BundleError, load_bundle
-    from training.store import open_store
+    from skewless.bundle import DEFAULT_MODEL_DIR, BundleError, load_bundle
+    from skewless.store import open_store
 
     with _named_redis() as endpoint:
         store = open_store(repo)
@@ -111,10 +111,10 @@ def run(repo, model_dir, version, consumer, count, block_ms, flush_s, metrics_po
 @click.option("--event-id", type=int, default=None, help="Default: a new one from the clock.")
 def publish(customer_id, event_type, amount, when, event_id) -> None:
     """Put one account event on the bus (what a billing or support system would send)."""
-    from training.times import parse_time
+    from skewless.times import parse_time
 
     at = parse_time(when)
-    from stream.state import FUTURE_SKEW_S, BadEvent, parse
+    from skewless.account_state import FUTURE_SKEW_S, BadEvent, parse
     from stream.source import EVENTS_STREAM
 
     fields = {"event_id": event_id if event_id is not None else time.time_ns() // 1000, "customer_id": customer_id,
@@ -138,7 +138,7 @@ def publish(customer_id, event_type, amount, when, event_id) -> None:
 def replay(start) -> None:
     """Move the consumer group back; re-read events change nothing already applied, and are scored again."""
     from stream.source import replay_from
-    from training.times import parse_time
+    from skewless.times import parse_time
 
     entry = start if start[:1].isdigit() and "-" in start and "T" not in start else str(int(parse_time(start).timestamp() * 1000))
     with _named_redis() as endpoint:

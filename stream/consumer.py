@@ -7,13 +7,13 @@ Per batch of events (stream/source.py delivers them, at least once):
    already applied, or reuses a known event ID with another payload, goes to the dead-letter
    stream with the reason; the rest go on;
 2. the current account state of the customers concerned is read from Redis (Feast's layout)
-   and the events folded into it by the one state function (stream/state.py);
+   and the events folded into it by the one state function (skewless/account_state.py);
 3. the changed states are written to a staging Parquet file, fsynced: the durable record,
    before anything is visible. Every `flush_s` staged files become one part file of the
    `account_state` view's source directory (what Feast's offline retrieval reads, so training
    and batch see what online saw, with `created` = when it became visible);
 4. the states are written to Redis with the materialization engine's newer-wins script, in
-   Feast's layout (online_store/materialize_engine.py): an older state never replaces a newer;
+   Feast's layout (feast_plugins/materialize_engine.py): an older state never replaces a newer;
    then each event's ID is recorded (`skewless:events:seen:<id>`, its payload's fingerprint,
    kept for the state's retention window);
 5. the affected customers are scored with the served bundle, through the service's own feature
@@ -59,16 +59,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from online_store import watermark
-from online_store.materialize_engine import Pipeline, plan_view, write_rows
-from online_store.redis_layout import view_name
-from online_store.redis_server import store_client
-from online_store.served_runs import scores_view
-from serving.features import FeatureLookup, RedisReader
+from feast_plugins import watermark
+from feast_plugins.materialize_engine import Pipeline, plan_view, write_rows
+from feast_plugins.redis_layout import view_name
+from feast_plugins.redis_server import store_client
+from feast_plugins.served_runs import scores_view
+from online.features import FeatureLookup, RedisReader
 from stream import metrics
 from stream.source import SCORES_STREAM, Delivery, EventSource
-from stream.state import FIELDS, FUTURE_SKEW_S, SEATS_EVENTS, AccountState, BadEvent, Event, apply, parse
-from training.score import score, warm_up
+from skewless.account_state import FIELDS, FUTURE_SKEW_S, SEATS_EVENTS, AccountState, BadEvent, Event, apply, parse
+from skewless.score import score, warm_up
 
 log = logging.getLogger("skewless.stream")
 STATE_VIEW = "account_state"
@@ -86,7 +86,7 @@ STATE_TYPE = pa.schema([
 
 
 def _retention_us(view) -> int:
-    from training.times import parse_duration
+    from skewless.times import parse_duration
 
     return int(parse_duration((view.tags or {}).get("retention", "48h"), f"the retention tag of {view.name}").total_seconds() * 1_000_000)
 
@@ -131,7 +131,7 @@ class Consumer:
         self.scores_plan = plan_view(store.config, self.scores) if self.scores is not None else None
         self.scores_dir = Path(FileSource.get_uri_for_file_path(store.repo_path, self.scores.batch_source.path)) if self.scores else None
         # every view read here (the state folded into, the profiles that make a customer known, what
-        # scoring reads) must have been loaded into *this* Redis (online_store/watermark.py)
+        # scoring reads) must have been loaded into *this* Redis (feast_plugins/watermark.py)
         reads = {STATE_VIEW: self.state_view, PROFILE_VIEW: profile, **{v.name: v for v, _ in self.lookup.reads}}
         self.needs = [(view_name(v, store.config), v, None) for v in reads.values()]  # (name in Redis, view, no budget)
         self.registry_id = watermark.registry_id(store.registry, store.project)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from online_store.redis_server import RedisEndpoint, throwaway_redis
-from training.generate import ACTIVITY_FILE, GenerateConfig, generate
-from training.store import REDIS_ENV, REPO_DIR, open_store
+from feast_plugins.redis_server import RedisEndpoint, throwaway_redis
+from synthetic.generate import ACTIVITY_FILE, GenerateConfig, generate
+from skewless.store import REDIS_ENV, REPO_DIR, open_store
 
 SMALL = GenerateConfig(customers=1_000, seed=7)
 
@@ -77,7 +77,7 @@ def live(tmp_path_factory, redis_endpoint):
     from datetime import datetime, timedelta, timezone
     from types import SimpleNamespace
 
-    from online_store.materialize import materialize
+    from feast_plugins.materialize import materialize
     from training.train import train
 
     today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)

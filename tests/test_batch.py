@@ -29,10 +29,10 @@ from conftest import copy_repo, feast_apply
 from batch import job, on_demand, outputs
 from batch.outputs import ARROW_SCHEMA, TABLE
 from batch.retrieval import active_customers, resolve, stream_features
-from training.bundle import load_bundle
-from training.cli import main
+from skewless.bundle import load_bundle
+from skewless.cli import main
 from training.dataset import historical_features
-from training.generate import (
+from synthetic.generate import (
     ACTIVITY_FILE,
     ACTIVITY_SCHEMA,
     LABEL_SCHEMA,
@@ -40,8 +40,8 @@ from training.generate import (
     PROFILE_SCHEMA,
     PROFILES_FILE,
 )
-from training.score import score
-from training.store import open_store
+from skewless.score import score
+from skewless.store import open_store
 
 AS_OF = datetime(2026, 10, 20, 12, tzinfo=timezone.utc)  # inside the 1k data, which ends 2026-11-01
 

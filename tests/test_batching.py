@@ -1,4 +1,4 @@
-"""Dynamic batching (serving/batching.py) on the real app, Redis and model: concurrent /predict
+"""Dynamic batching (online/batching.py) on the real app, Redis and model: concurrent /predict
 requests are scored together, and each still gets exactly the answer it gets alone."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring.feature_log import read_log
-from online_store.redis_server import throwaway_redis
-from serving.app import create_app, lifespan
-from serving.settings import Settings
-from training.score import score
-from training.store import REDIS_ENV
+from feast_plugins.redis_server import throwaway_redis
+from online.app import create_app, lifespan
+from online.settings import Settings
+from skewless.score import score
+from skewless.store import REDIS_ENV
 
 
 def _settings(live, tmp_path, **kw) -> Settings:
@@ -33,7 +33,7 @@ async def _concurrently(app, requests: list[tuple[int, bool]]) -> list[httpx.Res
 
 def _batch_sizes() -> tuple[float, float]:
     """(scoring calls, customers) of POST /predict so far, from the app's own metrics."""
-    from serving.metrics import render
+    from online.metrics import render
 
     text = render()[0].decode()
     samples = {s.name: s.value for f in text_string_to_metric_families(text) if f.name == "skewless_predict_batch_size" for s in f.samples}

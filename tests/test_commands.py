@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from training.paths import PROJECT_DIR
+from skewless.paths import PROJECT_DIR
 
 HEAVY = ["feast", "pandas", "numpy", "pyarrow", "duckdb", "xgboost", "numba", "sklearn", "fastapi", "uvicorn", "matplotlib", "httpx", "redis"]
 QUICK = [
@@ -36,7 +36,7 @@ QUICK = [
 ]
 CHECK_IMPORTS = """
 import json, sys
-from training.cli import main
+from skewless.cli import main
 codes = []
 for argv in json.loads(sys.argv[1]):
     try:
@@ -116,7 +116,7 @@ def test_readme_walkthrough_runs_as_pasted(fresh_copy):
 
 
 def test_demo_online_runs_every_command_it_prints(live, tmp_path, monkeypatch):
-    from training.cli import main
+    from skewless.cli import main
 
     monkeypatch.setenv("SKEWLESS_MODEL_DIR", str(live.model_dir))
     monkeypatch.setenv("SKEWLESS_FEATURE_LOG_DIR", str(tmp_path / "log"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from conftest import copy_repo, feast_apply
 
-from online_store import watermark
-from training.store import open_store
+from feast_plugins import watermark
+from skewless.store import open_store
 
 SERVICE_FEATURES = [
     "plan", "region", "seats", "monthly_fee",
@@ -66,8 +66,8 @@ def test_stock_cli_materialize_incremental(tmp_path, redis_endpoint, small_repo,
     import sys
     from pathlib import Path
 
-    from online_store.redis_server import throwaway_redis
-    from training.store import REDIS_ENV
+    from feast_plugins.redis_server import throwaway_redis
+    from skewless.store import REDIS_ENV
 
     repo = copy_repo(tmp_path / "feature_repo")
     for f in (small_repo / "data").glob("*.parquet"):
@@ -124,14 +124,14 @@ def test_stock_cli_without_the_redis_setting_says_what_to_set(tmp_path, small_re
 
 def test_stock_cli_reads_the_registry_from_anywhere(tmp_path, redis_endpoint, small_repo):
     """The stock CLI's read commands on the applied repo, from another directory; `registry-dump`
-    included (Feast 0.67 raises KeyError on python-mode on-demand views there: training/registry_store.py)."""
+    included (Feast 0.67 raises KeyError on python-mode on-demand views there: feast_plugins/registry_store.py)."""
     import json
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    from training.store import REDIS_ENV
+    from skewless.store import REDIS_ENV
 
     feast_cli = Path(sys.executable).with_name("feast")
     env = dict(os.environ, **{REDIS_ENV: redis_endpoint.feast})

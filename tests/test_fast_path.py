@@ -1,4 +1,4 @@
-"""The fast path of POST /predict and /predict/batch (serving/middleware.py): plain requests are answered before FastAPI's
+"""The fast path of POST /predict and /predict/batch (online/middleware.py): plain requests are answered before FastAPI's
 routing with exactly the route's answers; every other request reaches the route with its body
 whole. Real Redis, the real app with the fast path on and off."""
 
@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from test_online import make_settings
 
-from serving.app import create_app
-from serving.middleware import PredictFastPath
+from online.app import create_app
+from online.middleware import PredictFastPath
 
 KEY = "sk_fast-path-key"
 JSON = {"content-type": "application/json"}
@@ -145,12 +145,12 @@ def test_plain_requests_are_answered_before_the_router_and_the_rest_reach_it_who
 
 
 def test_prediction_rows_are_written_as_the_models_would_be(live, known, tmp_path):
-    """Service.predict returns plain rows (serving/schemas.py:PredictionRow) that serving/responses.py
+    """Service.predict returns plain rows (online/schemas.py:PredictionRow) that online/responses.py
     writes without building the Prediction models: the bytes must be the models' own
     model_dump_json(exclude_none=True), for every kind of answer the service gives and for the
     values a row may hold (NaN and None as null, big IDs, bools, strings to escape)."""
-    from serving.responses import RowsJSON, batch_answer, prediction_answer
-    from serving.schemas import BatchResponse, Prediction
+    from online.responses import RowsJSON, batch_answer, prediction_answer
+    from online.schemas import BatchResponse, Prediction
 
     def as_models(rows) -> bytes:
         return BatchResponse.model_validate({"predictions": rows}).model_dump_json(exclude_none=True).encode()

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from conftest import SMALL
 
-from training.generate import (
+from synthetic.generate import (
     ACTIVITY_FILE,
     LABEL_HORIZON_DAYS,
     LABELS_FILE,
@@ -117,7 +117,7 @@ def test_labels_follow_cancellations_and_never_the_future(data):
 
 
 def test_bad_input_exits_with_one_line_and_writes_nothing(tmp_path):
-    cli = [sys.executable, "-m", "training", "generate"]
+    cli = [sys.executable, "-m", "skewless", "generate"]
     out = tmp_path / "out"
     r = subprocess.run(cli + ["--customers", "-5", "--out", str(out)], capture_output=True, text=True)
     assert r.returncode != 0
@@ -133,7 +133,7 @@ def test_bad_input_exits_with_one_line_and_writes_nothing(tmp_path):
 
 
 def test_interrupted_generation_keeps_previous_files(tmp_path, monkeypatch):
-    import training.generate as gen
+    import synthetic.generate as gen
 
     out = tmp_path / "data"
     generate(GenerateConfig(customers=200, seed=3), out)
@@ -184,7 +184,7 @@ def test_the_activity_rows_are_what_the_etl_computes_from_the_event_log(small_re
     the ETL row was written, minutes missing on a day with a telemetry gap: every activity row, exactly."""
     import duckdb
 
-    from training.generate import EVENTS_FILE
+    from synthetic.generate import EVENTS_FILE
 
     d = small_repo / "data"
     with duckdb.connect() as con:
@@ -201,7 +201,7 @@ def test_the_activity_rows_are_what_the_etl_computes_from_the_event_log(small_re
 
 
 def test_the_event_log_has_the_quirks_of_a_real_one(small_repo):
-    from training.generate import EVENTS_FILE
+    from synthetic.generate import EVENTS_FILE
 
     events = pd.read_parquet(small_repo / "data" / EVENTS_FILE)
     delay = events["created"] - events["event_timestamp"]
@@ -214,7 +214,7 @@ def test_the_event_log_has_the_quirks_of_a_real_one(small_repo):
 
 def test_the_account_state_history_is_the_consumers_fold_of_the_log(small_repo):
     """Folding the log again, by arrival, with the consumer's function gives the backfill, row for row."""
-    from training.generate import ACCOUNT_STATE_BACKFILL, ACCOUNT_STATE_DIR, EVENTS_FILE, account_state_history
+    from synthetic.generate import ACCOUNT_STATE_BACKFILL, ACCOUNT_STATE_DIR, EVENTS_FILE, account_state_history
 
     import pyarrow.parquet as pq
 

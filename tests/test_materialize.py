@@ -25,10 +25,10 @@ from click.testing import CliRunner
 from feast.infra.online_stores.redis import RedisOnlineStore
 from conftest import copy_repo, feast_apply
 
-from online_store.materialize_engine import SkewlessRedisEngineConfig, join_rows, plan_view, value_proto, write_view
-from online_store.redis_server import throwaway_redis
-from training.generate import ACTIVITY_FILE, ACTIVITY_SCHEMA, LABEL_SCHEMA, LABELS_FILE, PROFILE_SCHEMA, PROFILES_FILE
-from training.store import REDIS_ENV, open_store
+from feast_plugins.materialize_engine import SkewlessRedisEngineConfig, join_rows, plan_view, value_proto, write_view
+from feast_plugins.redis_server import throwaway_redis
+from synthetic.generate import ACTIVITY_FILE, ACTIVITY_SCHEMA, LABEL_SCHEMA, LABELS_FILE, PROFILE_SCHEMA, PROFILES_FILE
+from skewless.store import REDIS_ENV, open_store
 
 UTC = timezone.utc
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
@@ -177,13 +177,13 @@ def test_encoders_match_feast_value_by_value():
 
 
 def test_decoded_values_are_feasts_for_every_kind():
-    """online_store/redis_layout.py:python_value decodes some kinds itself (scalars, lists,
+    """feast_plugins/redis_layout.py:python_value decodes some kinds itself (scalars, lists,
     timestamps): value and type equal Feast's own conversion, for those and for the kinds it
     hands to Feast, on awkward values (empty lists, the null timestamp, negative times)."""
     from feast.protos.feast.types import Value_pb2 as V
     from feast.type_map import NULL_TIMESTAMP_INT_VALUE, feast_value_type_to_python_type
 
-    from online_store.redis_layout import python_value, python_values
+    from feast_plugins.redis_layout import python_value, python_values
 
     values = [
         V.Value(string_val="ünïcødé"), V.Value(string_val=""), V.Value(bytes_val=b"\x00\xff"), V.Value(int64_val=-(2**63)),
@@ -212,10 +212,10 @@ def test_decoded_values_are_feasts_for_every_kind():
 
 
 def test_event_times_a_column_at_a_time():
-    """online_store/redis_layout.py:events_seconds is event_seconds for each, remembered or not."""
+    """feast_plugins/redis_layout.py:events_seconds is event_seconds for each, remembered or not."""
     from google.protobuf.timestamp_pb2 import Timestamp
 
-    from online_store.redis_layout import event_seconds, events_seconds
+    from feast_plugins.redis_layout import event_seconds, events_seconds
 
     raws = [Timestamp(seconds=s, nanos=n).SerializeToString() for s, n in ((1_790_000_000, 0), (1_790_000_001, 500_000_000), (-5, 0))]
     column = [None, b"", *raws, raws[0], Timestamp().SerializeToString()]
@@ -330,7 +330,7 @@ def test_late_arriving_row_reaches_redis_on_the_next_incremental_run(late_repo, 
 
 
 def test_cli_materializes_and_summarizes(repo, monkeypatch):
-    from training.cli import main
+    from skewless.cli import main
 
     with throwaway_redis() as endpoint:
         monkeypatch.setenv(REDIS_ENV, endpoint.feast)
@@ -343,7 +343,7 @@ def test_cli_materializes_and_summarizes(repo, monkeypatch):
 
 @pytest.mark.parametrize("end", ["yesterday-ish", "2026-13-45", "2099-01-01"])
 def test_cli_bad_end_is_one_line_and_nonzero(end, repo):
-    from training.cli import main
+    from skewless.cli import main
 
     r = CliRunner().invoke(main, ["materialize", "--end", end, "--repo", str(repo)])
     assert r.exit_code != 0

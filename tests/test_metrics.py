@@ -1,4 +1,4 @@
-"""The request path's metrics go through tallies (serving/metrics.py:Tally): once flushed, a
+"""The request path's metrics go through tallies (online/metrics.py:Tally): once flushed, a
 scrape shows exactly what observing each value directly would have shown."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.metrics import LATENCY_BUCKETS, REQUESTS, Tally, render, tally
+from online.metrics import LATENCY_BUCKETS, REQUESTS, Tally, render, tally
 
 
 def _samples(registry: CollectorRegistry) -> dict:

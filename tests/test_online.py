@@ -12,12 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.app import create_app
+from online.app import create_app
 from monitoring.feature_log import read_log
-from online_store.redis_server import free_port, throwaway_redis
-from serving.settings import Settings
-from training.generate import ACTIVITY_FILE
-from training.store import REDIS_ENV
+from feast_plugins.redis_server import free_port, throwaway_redis
+from online.settings import Settings
+from synthetic.generate import ACTIVITY_FILE
+from skewless.store import REDIS_ENV
 
 
 def make_settings(live, tmp_path) -> Settings:
@@ -35,8 +35,8 @@ def own_redis(live, monkeypatch):
     """A throwaway redis-server of the test's own, loaded up to now: the test may stop or reconfigure it."""
     from datetime import datetime, timezone
 
-    from online_store.materialize import materialize
-    from training.store import open_store
+    from feast_plugins.materialize import materialize
+    from skewless.store import open_store
 
     with throwaway_redis() as endpoint:
         monkeypatch.setenv(REDIS_ENV, endpoint.feast)
@@ -109,12 +109,12 @@ def test_online_applies_the_view_ttl(client, known, live):
 
 
 def test_fast_read_equals_feast_get_online_features(live, known):
-    """The service's own Redis read (serving/features.py:RedisReader + the registry's transform)
+    """The service's own Redis read (online/features.py:RedisReader + the registry's transform)
     gives exactly what Feast's get_online_features(FeatureService) gives through the TTL store:
     every customer of the data, expired, unknown and negative IDs, one at a time and in batches."""
     from datetime import datetime, timezone
 
-    from serving.features import FeatureLookup, connect_store
+    from online.features import FeatureLookup, connect_store
 
     store, _ = connect_store(live.repo, None, timeout_s=5, retries=1)
     lookup = FeatureLookup(store, live.bundle.feature_service)
@@ -136,10 +136,10 @@ def test_fast_read_equals_feast_get_online_features(live, known):
 
 
 def test_the_readers_own_pipeline_is_what_redis_py_sends_and_reads(live, known):
-    """RedisReader packs its HMGETs itself (serving/features.py:_hmget): the bytes are redis-py's
+    """RedisReader packs its HMGETs itself (online/features.py:_hmget): the bytes are redis-py's
     for the same command, and the replies equal redis-py's, through the kept connection and
     through the client (the way a second thread reading at the same time goes)."""
-    from serving.features import FeatureLookup, connect_store
+    from online.features import FeatureLookup, connect_store
 
     store, _ = connect_store(live.repo, None, timeout_s=5, retries=1)
     reader = FeatureLookup(store, live.bundle.feature_service).reader
@@ -156,11 +156,11 @@ def test_the_readers_own_pipeline_is_what_redis_py_sends_and_reads(live, known):
 
 
 def test_model_is_loaded_once_and_metrics_count(live, known, tmp_path, monkeypatch):
-    import serving.service
+    import online.service
 
     loads = []
-    real_load = serving.service.load_bundle
-    monkeypatch.setattr(serving.service, "load_bundle", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    real_load = online.service.load_bundle
+    monkeypatch.setattr(online.service, "load_bundle", lambda *a, **k: loads.append(1) or real_load(*a, **k))
     with TestClient(create_app(make_settings(live, tmp_path))) as client:
         for _ in range(5):
             assert client.post("/predict", json={"customer_id": known["fresh"]}).status_code == 200
@@ -188,8 +188,8 @@ def test_health_ready_and_docs(client):
 def test_redis_down_fails_fast_and_recovers(live, known, tmp_path, monkeypatch):
     from datetime import datetime, timezone
 
-    from online_store.materialize import materialize
-    from training.store import open_store
+    from feast_plugins.materialize import materialize
+    from skewless.store import open_store
 
     port = free_port()
     with throwaway_redis(port) as endpoint:
@@ -218,7 +218,7 @@ def test_redis_down_fails_fast_and_recovers(live, known, tmp_path, monkeypatch):
 
 def test_a_hung_redis_never_hands_a_late_reply_to_the_next_request(live, known, tmp_path, own_redis):
     """A read that timed out leaves its reply on the way: the connection it used is closed, so
-    the next customer's request never reads that reply as its own (serving/features.py:_hmget)."""
+    the next customer's request never reads that reply as its own (online/features.py:_hmget)."""
     import os
     import signal
 

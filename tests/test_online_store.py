@@ -60,10 +60,10 @@ def test_a_stored_on_demand_view_expires_with_its_sources_smallest_ttl(tmp_path,
     import pyarrow.parquet as pq
     from conftest import copy_repo, feast_apply
 
-    from online_store.redis_server import throwaway_redis
-    from online_store.ttl_store import read_time
-    from training.generate import ACTIVITY_FILE, ACTIVITY_SCHEMA, LABEL_SCHEMA, LABELS_FILE, PROFILE_SCHEMA, PROFILES_FILE
-    from training.store import REDIS_ENV, open_store
+    from feast_plugins.redis_server import throwaway_redis
+    from feast_plugins.ttl_store import read_time
+    from synthetic.generate import ACTIVITY_FILE, ACTIVITY_SCHEMA, LABEL_SCHEMA, LABELS_FILE, PROFILE_SCHEMA, PROFILES_FILE
+    from skewless.store import REDIS_ENV, open_store
 
     repo = copy_repo(tmp_path / "feature_repo")
     (repo / "definitions.py").write_text((repo / "definitions.py").read_text() + STORED_ODFV)

@@ -30,13 +30,13 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-from online_store import materialize_engine, watermark
-from online_store.materialize import materialize
-from online_store.redis_server import free_port, throwaway_redis
-from serving.app import create_app
-from serving.settings import Settings
-from training.generate import ACTIVITY_FILE, PROFILES_FILE
-from training.store import REDIS_ENV, open_store
+from feast_plugins import materialize_engine, watermark
+from feast_plugins.materialize import materialize
+from feast_plugins.redis_server import free_port, throwaway_redis
+from online.app import create_app
+from online.settings import Settings
+from synthetic.generate import ACTIVITY_FILE, PROFILES_FILE
+from skewless.store import REDIS_ENV, open_store
 
 PROB_TOL = 1e-6
 
@@ -180,7 +180,7 @@ def test_interrupted_run_then_incremental_run_equals_one_clean_run(live, monkeyp
 
 
 def test_named_redis_that_does_not_answer_is_an_error_not_a_replacement(live, monkeypatch):
-    from training.cli import main
+    from skewless.cli import main
 
     port = free_port()  # nothing listens there
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{port}/0")
@@ -278,7 +278,7 @@ def test_a_second_writer_cannot_silently_drop_the_first_ones_change(small_repo, 
     """Two processes hold the registry; one writes; the other's stale write is refused, not applied over it."""
     import shutil
 
-    from training.registry_store import RegistryConflict
+    from feast_plugins.registry_store import RegistryConflict
 
     repo = tmp_path / "feature_repo"
     shutil.copytree(small_repo, repo, ignore=shutil.ignore_patterns("*.parquet"))

@@ -21,13 +21,13 @@ from fastapi.testclient import TestClient
 
 from batch.job import run_batch
 from batch.retrieval import resolve, stream_features
-from serving.app import create_app
-from online_store.materialize import DEFAULT_LOOKBACK, materialize
-from online_store.redis_server import throwaway_redis
-from serving.settings import Settings
+from online.app import create_app
+from feast_plugins.materialize import DEFAULT_LOOKBACK, materialize
+from feast_plugins.redis_server import throwaway_redis
+from online.settings import Settings
 from training.dataset import historical_features
-from training.generate import ACTIVITY_FILE, ACTIVITY_SCHEMA, LABEL_SCHEMA, LABELS_FILE, PROFILE_SCHEMA, PROFILES_FILE
-from training.store import REDIS_ENV, open_store
+from synthetic.generate import ACTIVITY_FILE, ACTIVITY_SCHEMA, LABEL_SCHEMA, LABELS_FILE, PROFILE_SCHEMA, PROFILES_FILE
+from skewless.store import REDIS_ENV, open_store
 
 FLOAT_TOL = 1e-9
 PROB_TOL = 1e-6
@@ -101,7 +101,7 @@ def test_training_batch_and_online_agree(live, sample, tmp_path):
 
     assert_same_features(bundle, online, offline, "online vs training")
     assert_same_features(bundle, batch, offline, "batch vs training")
-    from training.score import score
+    from skewless.score import score
 
     offline_p = pd.Series(score(bundle, offline).probability, index=offline["customer_id"]).sort_index()
     assert np.abs(online_p.to_numpy() - offline_p.to_numpy()).max() <= PROB_TOL
@@ -175,8 +175,8 @@ def test_batch_and_online_refuse_a_bundle_after_the_contract_changes(live, tmp_p
 
     from click.testing import CliRunner
 
-    from training.bundle import BundleError
-    from training.cli import main
+    from skewless.bundle import BundleError
+    from skewless.cli import main
 
     repo = copy_repo(tmp_path / "feature_repo")
     for f in (live.repo / "data").glob("*.parquet"):

@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import copy_repo, feast_apply
 
-from training.generate import ACTIVITY_FILE, ACTIVITY_SCHEMA, LABELS_FILE, LABEL_SCHEMA, PROFILE_SCHEMA, PROFILES_FILE
+from synthetic.generate import ACTIVITY_FILE, ACTIVITY_SCHEMA, LABELS_FILE, LABEL_SCHEMA, PROFILE_SCHEMA, PROFILES_FILE
 from training.dataset import historical_features
-from training.store import open_store
+from skewless.store import open_store
 
 UTC = timezone.utc
 T0 = datetime(2026, 6, 1, tzinfo=UTC)

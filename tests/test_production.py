@@ -1,4 +1,4 @@
-"""Production serving (#17): API keys, the body limit whatever the framing, capped error echoes,
+"""Production serving: API keys, the body limit whatever the framing, capped error echoes,
 every answer declared in the OpenAPI schema. Real Redis, the real app; one test runs the real
 `skewless serve` (uvicorn) to send a chunked body over a socket."""
 
@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from test_online import make_settings
 from test_operations import _serve, _wait
 
-from online_store.redis_server import free_port
-from serving import auth
-from serving.app import create_app
-from training.cli import main
+from feast_plugins.redis_server import free_port
+from online import auth
+from online.app import create_app
+from skewless.cli import main
 
 KEY, OTHER = "sk_first-key", "sk_second-key"
 

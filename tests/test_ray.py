@@ -1,4 +1,4 @@
-"""Batch scoring on Ray (#16): the same rows as the default engine, exactly once, on a real Ray.
+"""Batch scoring on Ray: the same rows as the default engine, exactly once, on a real Ray.
 
 Ray binds every interface and advertises the machine's non-loopback address, so every Ray here
 runs inside a network namespace that has only loopback (and its own PID namespace, so killing
@@ -23,8 +23,8 @@ import pytest
 from click.testing import CliRunner
 
 from batch.outputs import TABLE
-from training.cli import main
-from training.paths import REDIS_ENV
+from skewless.cli import main
+from skewless.paths import REDIS_ENV
 
 AS_OF = "2026-10-20T12:00:00"  # inside the 1k data, which ends 2026-11-01
 BIN = Path(sys.executable).parent

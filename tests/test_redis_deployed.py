@@ -1,4 +1,4 @@
-"""Redis as deployed (#17): a password, an ACL user and TLS with client certificates, on a real
+"""Redis as deployed: a password, an ACL user and TLS with client certificates, on a real
 `redis-server` started by the test with certificates the test makes (openssl). Materialization,
 the service and /predict must equal the password-less setup; wrong credentials fail with one
 line that carries no secret."""
@@ -16,12 +16,12 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from test_operations import dump, sample, store_on  # noqa: F401  (fixture)
 
-from online_store.materialize import materialize
-from online_store.redis_server import RedisEndpoint, free_port, throwaway_redis
-from serving.app import create_app
-from serving.settings import Settings
-from training.cli import main
-from training.store import REDIS_ENV
+from feast_plugins.materialize import materialize
+from feast_plugins.redis_server import RedisEndpoint, free_port, throwaway_redis
+from online.app import create_app
+from online.settings import Settings
+from skewless.cli import main
+from skewless.store import REDIS_ENV
 
 PASSWORD = "s3cret-Pw_for-tests"
 USER, USER_PASSWORD = "skewless", "acl-Pw_for-tests"

@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from monitoring.feature_log import read_log
-from serving.app import create_app
-from serving.settings import Settings
-from training.cli import main
-from training.generate import PROFILES_FILE
+from online.app import create_app
+from online.settings import Settings
+from skewless.cli import main
+from synthetic.generate import PROFILES_FILE
 
 
 def chromium_dom(page, tmp_path) -> str:

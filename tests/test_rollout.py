@@ -1,4 +1,4 @@
-"""Model rollout without downtime (#17): `latest` moves, the worker swaps the verified bundle in
+"""Model rollout without downtime: `latest` moves, the worker swaps the verified bundle in
 between requests; a bundle that fails verification is refused and the old one keeps serving."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from test_online import make_settings
 
-from serving.app import create_app
-from training.bundle import point_latest
+from online.app import create_app
+from skewless.bundle import point_latest
 
 
 def copy_bundle(root: Path, source: str, version: str) -> Path:

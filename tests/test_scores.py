@@ -19,12 +19,12 @@ from conftest import copy_repo, feast_apply
 from fastapi.testclient import TestClient
 
 from batch import job
-from online_store.redis_server import throwaway_redis
-from online_store.served_runs import read_runs
-from serving.app import create_app
-from serving.settings import Settings
-from training.cli import main
-from training.store import REDIS_ENV
+from feast_plugins.redis_server import throwaway_redis
+from feast_plugins.served_runs import read_runs
+from online.app import create_app
+from online.settings import Settings
+from skewless.cli import main
+from skewless.store import REDIS_ENV
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +189,8 @@ def test_status_and_the_service_see_a_flushed_redis(repo, live, redis, db, tmp_p
 def test_a_redis_where_no_run_was_published_is_ready_for_predict_not_for_scores(repo, live, redis, db, tmp_path):
     from datetime import datetime, timezone
 
-    from online_store.materialize import materialize
-    from training.store import open_store
+    from feast_plugins.materialize import materialize
+    from skewless.store import open_store
 
     materialize(open_store(repo), datetime.now(timezone.utc))  # the features; the scores directory is empty
     with client(repo, live, tmp_path) as c:

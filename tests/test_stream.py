@@ -25,17 +25,17 @@ import pytest
 from conftest import copy_repo, feast_apply
 from fastapi.testclient import TestClient
 
-from online_store.materialize import materialize
-from online_store.redis_server import throwaway_redis
-from serving.app import create_app
-from serving.settings import Settings
+from feast_plugins.materialize import materialize
+from feast_plugins.redis_server import throwaway_redis
+from online.app import create_app
+from online.settings import Settings
 from stream import consumer as consumer_module
 from stream.consumer import Consumer
 from stream.source import DEAD_STREAM, EVENTS_STREAM, SCORES_STREAM, RedisStreamSource
 from training.dataset import historical_features
-from training.generate import PROFILES_FILE
-from training.score import score
-from training.store import REDIS_ENV, open_store
+from synthetic.generate import PROFILES_FILE
+from skewless.score import score
+from skewless.store import REDIS_ENV, open_store
 
 PROB_TOL = 1e-6
 LIVE = ["payment_failures_24h", "support_tickets_24h", "hours_since_last_payment_failure", "seats_now"]
@@ -185,7 +185,7 @@ def assert_every_effect_once(env, streams, sent: dict[int, tuple[int, int]]) -> 
     """Each event's whole effect, once: its time once in the state online, the same state offline,
     a stored score and a newest published score under its ID, both what /predict's read and the
     one scoring function give at that score's instant; nothing dead-lettered, pending or left staged."""
-    from serving.features import FeatureLookup
+    from online.features import FeatureLookup
 
     assert streams.xlen(DEAD_STREAM) == 0  # a redelivery is no duplicate
     assert streams.xpending(EVENTS_STREAM, "skewless-stream")["pending"] == 0
@@ -342,7 +342,7 @@ def test_bad_and_hostile_events_are_dead_lettered_and_the_rest_applied(env, stre
 def test_publish_refuses_what_the_consumer_would_dead_letter(env, streams):
     from click.testing import CliRunner
 
-    from training.cli import main
+    from skewless.cli import main
 
     for args, expected in ((["--type", "refund_issued"], "unknown event_type"), (["--type", "plan_changed"], "needs the seats"),
                            (["--type", "plan_changed", "--amount", "inf"], "not a finite number"),

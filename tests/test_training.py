@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from conftest import copy_repo, feast_apply
 
-from training.bundle import MANIFEST_FILE, MODEL_FILE, BundleError, load_bundle
+from skewless.bundle import MANIFEST_FILE, MODEL_FILE, BundleError, load_bundle
 from training.dataset import KEYS, historical_features
-from training.score import feature_matrix, predict, score
-from training.store import open_store
+from skewless.score import feature_matrix, predict, score
+from skewless.store import open_store
 from training.train import time_split
 
 AUC_FLOOR = 0.62  # on the 1k data with seed 7; the true hazard's ceiling there is ~0.79
@@ -106,7 +106,7 @@ def test_scoring_handles_unseen_and_missing_the_same_way(trained):
 
 
 def test_fast_predict_is_inplace_predict_bit_for_bit(trained):
-    """score() calls XGBoost's C predict directly (training/score.py:predict); it must be exactly
+    """score() calls XGBoost's C predict directly (skewless/score.py:predict); it must be exactly
     inplace_predict, on the training rows, on missing values and on one row at a time."""
     b = trained[0].bundle
     ts = pd.read_parquet(b.path / "training_set.parquet")
@@ -167,7 +167,7 @@ def test_unknown_version_is_refused(trained):
     _, model_dir = trained
     with pytest.raises(BundleError, match="no model version 'nope'"):
         load_bundle("nope", model_dir)
-    r = subprocess.run([sys.executable, "-m", "training", "model", "nope", "--model-dir", str(model_dir)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "skewless", "model", "nope", "--model-dir", str(model_dir)], capture_output=True, text=True)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "nope" in r.stderr
 
@@ -190,7 +190,7 @@ def test_bundle_is_refused_when_the_registry_contract_changes(trained, tmp_path,
 def test_an_unknown_feature_service_is_one_line_naming_the_registered_ones(small_repo, tmp_path):
     from click.testing import CliRunner
 
-    from training.cli import main
+    from skewless.cli import main
 
     r = CliRunner().invoke(main, ["train", "--repo", str(small_repo), "--model-dir", str(tmp_path), "--feature-service", "churn_v9"])
     assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output

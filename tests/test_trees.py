@@ -1,4 +1,4 @@
-"""The scorer (training/trees.py): XGBoost's trees scored by compiled loops (QuickScorer, or the
+"""The scorer (skewless/trees.py): XGBoost's trees scored by compiled loops (QuickScorer, or the
 walk for trees of more than 64 leaves) must give XGBoost's own probabilities bit for bit, on
 every kind of split and input the rules cover, and refuse a model whose rules it does not
 reproduce."""
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
-from training.score import feature_matrix, predict
-from training.trees import Forest, TreeModelError
+from skewless.score import feature_matrix, predict
+from skewless.trees import Forest, TreeModelError
 
 
 def _model(objective: str = "binary:logistic", booster: str = "gbtree", depth: int = 4, rounds: int = 40,
@@ -120,7 +120,7 @@ def test_a_bundle_walks_its_saved_trees_and_guards_them(small_bundle, tmp_path):
     import json
     import shutil
 
-    from training.bundle import MANIFEST_FILE, TREES_FILE, BundleError, load_bundle
+    from skewless.bundle import MANIFEST_FILE, TREES_FILE, BundleError, load_bundle
 
     bundle = small_bundle[0].bundle
     rows = feature_matrix(bundle.features, pd.read_parquet(bundle.path / "training_set.parquet"))

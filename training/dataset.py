@@ -21,8 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from training.contract import feature_service
-from training.generate import LABEL_HORIZON_DAYS, LABELS_FILE
+from skewless.contract import feature_service
+from skewless.labels import LABEL_HORIZON_DAYS, LABELS_FILE
 
 KEYS = ["customer_id", "event_timestamp"]
 REQUEST_TIME = "as_of"  # the RequestSource field of feature_repo's on-demand view

@@ -29,11 +29,11 @@ from sklearn.metrics import average_precision_score, log_loss, precision_recall_
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from training.bundle import DEFAULT_MODEL_DIR, MODEL_NAME, Bundle, FeatureSpec, load_bundle, registered, save_bundle, service_contract
+from skewless.bundle import DEFAULT_MODEL_DIR, MODEL_NAME, Bundle, FeatureSpec, load_bundle, registered, save_bundle, service_contract
 from training.dataset import TrainingSet, build_training_set, write_training_set
-from training.generate import LABEL_HORIZON_DAYS
-from training.score import feature_matrix, predict, score
-from training.trees import Forest
+from skewless.labels import LABEL_HORIZON_DAYS
+from skewless.score import feature_matrix, predict, score
+from skewless.trees import Forest
 
 SERVICE = "churn_v1"  # the default contract; `skewless train --feature-service churn_v2` adds the live features
 SEED = 7
@@ -164,7 +164,7 @@ def scorer_check(walked: np.ndarray, xgboost_own: np.ndarray, forest: Forest) ->
     same = walked == xgboost_own.astype(np.float64)
     loop = "QuickScorer" if forest.quick is not None else "the walk"
     return {
-        "name": f"training/trees.py ({loop} over XGBoost's trees, compiled by numba)",
+        "name": f"skewless/trees.py ({loop} over XGBoost's trees, compiled by numba)",
         "rows_compared_with_xgboost": int(len(walked)),
         "bit_equal_to_xgboost": float(same.mean()) if len(walked) else 1.0,
         "max_abs_difference": float(np.max(np.abs(walked - xgboost_own))) if len(walked) else 0.0,
@@ -207,7 +207,7 @@ def train(
     step("evaluate on later label dates")
     v = valid_mask.to_numpy()
     yv = y[v]
-    # the metrics come from the scorer every path uses (training/trees.py), checked against XGBoost's own predict
+    # the metrics come from the scorer every path uses (skewless/trees.py), checked against XGBoost's own predict
     x_valid = np.ascontiguousarray(x_all[v])
     forest = Forest.from_booster(booster)
     p_model = forest.probabilities(x_valid).astype(np.float64)
