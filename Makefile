@@ -14,10 +14,11 @@ RUN := $(UV) run --frozen --no-sync
 CUSTOMERS ?= 50000
 DEMO_START := $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 
-.PHONY: demo test install redis curl chromium netns clean help
+.PHONY: demo test scheduler install redis curl chromium netns clean help
 help:
 	@echo "make demo   install, generate $(CUSTOMERS) customers, apply, train, batch-score, serve, skew report"
 	@echo "make test   install and run the tests"
+	@echo "make scheduler  the scheduled pipeline on Dagster: http://127.0.0.1:3000 (REDIS_URL: the Redis it loads)"
 	@echo "make clean  remove the environment, generated data, models and outputs"
 
 ## install: uv (if missing) and the locked environment in .venv
@@ -62,6 +63,10 @@ demo: install redis curl
 
 test: install redis curl chromium netns
 	$(RUN) pytest -q
+
+## scheduler: `dagster dev` on the project's code location (orchestration/), DAGSTER_HOME under data/
+scheduler: install redis
+	$(RUN) skewless scheduler
 
 clean:
 	rm -rf .venv .tools .pytest_cache .hypothesis feature_repo/data data models

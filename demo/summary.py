@@ -73,6 +73,7 @@ def demo_summary(started: str | None) -> None:
         f"  report   python3 -m webbrowser {REPORT.resolve().as_uri()}",
         "  next     .venv/bin/skewless score top -n 10          (the churn list, from DuckDB)",
         "           .venv/bin/skewless serve                      (the service on :8000, its own Redis; then the curl lines above)",
+        "           make scheduler                                (the scheduled pipeline on Dagster: http://127.0.0.1:3000)",
     ]
     for line in lines:
         click.secho(line, fg=color)

@@ -132,8 +132,14 @@ class RedisEndpoint:
                            socket_timeout=timeout, socket_connect_timeout=timeout, **tls)
 
     def ping(self) -> bool:
+        """Whether it answers now: one try (redis-py's default retries would take ~8 s to say no)."""
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        client = self.client(timeout=0.5)
+        client.set_retry(Retry(NoBackoff(), 0))
         try:
-            return bool(self.client(timeout=0.5).ping())
+            return bool(client.ping())
         except RedisRefused:
             raise
         except redis.AuthenticationError:

@@ -161,8 +161,10 @@ def save_bundle(
     manifest: dict[str, Any],
     model_dir: Path = DEFAULT_MODEL_DIR,
     training_set: Path | None = None,
+    promote: bool = True,
 ) -> Path:
-    """Write a new version directory and switch `latest` to it; both steps are atomic.
+    """Write a new version directory and switch `latest` to it (unless `promote` is false: the
+    scheduled pipeline promotes through a gate, training/promote.py); both steps are atomic.
 
     The version is written to a temporary directory and renamed into place, so a crash leaves
     no half-written version; `latest` is a symlink replaced with os.replace.
@@ -187,7 +189,8 @@ def save_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    point_latest(root, version)
+    if promote:
+        point_latest(root, version)
     return final
 
 

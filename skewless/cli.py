@@ -8,15 +8,10 @@ expected failure becomes one line on stderr and a non-zero exit, never a traceba
 from __future__ import annotations
 
 import importlib
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import click
 
-from skewless.paths import REPO_DIR
 
 
 class Group(click.Group):
@@ -26,6 +21,7 @@ class Group(click.Group):
     # name -> "module:attribute" of a click command defined by that stage
     lazy: dict[str, str] = {
         "generate": "synthetic.cli:generate",
+        "apply": "feast_plugins.apply:apply_command",
         "train": "training.cli:train",
         "score": "batch.cli:score",
         "materialize": "feast_plugins.materialize:materialize_command",
@@ -33,6 +29,7 @@ class Group(click.Group):
         "api-key": "online.cli:api_key",
         "skew-report": "monitoring.cli:skew_report_command",
         "stream": "stream.cli:stream",
+        "scheduler": "orchestration.cli:scheduler",
         "demo-online": "demo.online:demo_online",
         "demo-summary": "demo.summary:demo_summary",
     }
@@ -77,26 +74,6 @@ class Group(click.Group):
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """skewless: one Feast feature contract for training, batch scoring and online serving."""
-
-
-@main.command()
-@click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=REPO_DIR, show_default=True)
-def apply(repo: Path) -> None:
-    """Register the feature definitions: runs the stock `feast apply` inside the repo."""
-    from feast_plugins.redis_server import redis_for_feast
-
-    if not (repo / "data").is_dir():
-        raise click.ClickException(f"no data in {repo / 'data'}: run `skewless generate` first")
-    with redis_for_feast(must_answer=False):  # `feast apply` touches Redis only to drop removed views
-        feast_cli = Path(sys.executable).with_name("feast")
-        result = subprocess.run([str(feast_cli), "apply"], cwd=repo, env=dict(os.environ), capture_output=True, text=True)
-    if result.returncode != 0:
-        lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
-        raise click.ClickException(f"feast apply failed: {lines[-1] if lines else 'no output'}")
-    for line in result.stdout.splitlines():
-        if line.startswith(("Applying", "Deploying", "Created", "Deleting", "Updated")):
-            click.echo(line)
-    click.echo(f"applied {repo} (registry {repo / 'data' / 'registry.db'})")
 
 
 @main.command()

@@ -26,7 +26,7 @@ HEAVY = ["feast", "pandas", "numpy", "pyarrow", "duckdb", "xgboost", "numba", "s
 QUICK = [
     ["--help"], ["generate", "--help"], ["apply", "--help"], ["train", "--help"], ["model", "--help"],
     ["score", "--help"], ["score", "status", "--help"], ["score", "top", "--help"], ["materialize", "--help"],
-    ["serve", "--help"], ["skew-report", "--help"], ["demo-online", "--help"], ["demo-summary", "--help"],
+    ["serve", "--help"], ["skew-report", "--help"], ["demo-online", "--help"], ["demo-summary", "--help"], ["scheduler", "--help"],
     # argument errors
     ["nope"], ["generate", "--customers", "many"], ["generate", "--customers", "0"], ["generate", "--end", "soon"],
     ["train", "--as-of", "soon"], ["score"], ["score", "--as-of", "yesterday-ish"], ["score", "--as-of", "now", "--customers", "/nonexistent"],

@@ -179,7 +179,10 @@ def train(
     max_rows: int | None = None,
     step: Callable[[str], None] = lambda _: None,
     feature_service: str = SERVICE,
+    promote: bool = True,
 ) -> TrainResult:
+    """Train on `feature_service`'s point-in-time training set and save a bundle; `latest` moves to
+    it when `promote` (the command), or stays for a gate to decide (training/promote.py)."""
     seconds = {}
     t = time.perf_counter()
     step("retrieve point-in-time features")
@@ -262,7 +265,7 @@ def train(
             "libraries": {pkg: pkg_version(pkg) for pkg in ("feast", "xgboost-cpu", "pandas", "numpy", "scikit-learn", "duckdb")}
             | {"python": platform.python_version()},
         }
-        path = save_bundle(booster, manifest, model_dir, training_set=ts_path)
+        path = save_bundle(booster, manifest, model_dir, training_set=ts_path, promote=promote)
     bundle = load_bundle(path.name, model_dir, store=store)
     if not np.array_equal(score(bundle, ts.frame.loc[valid_mask]).probability, p_model):
         raise RuntimeError(f"bundle {path} does not reproduce the trained model's validation scores")
