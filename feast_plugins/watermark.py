@@ -214,6 +214,16 @@ def check(marks: dict[str, Watermark], views: list[tuple[str, object, timedelta 
     return Freshness(ages, problems)
 
 
+def check_views(store, views, with_budgets: bool = True) -> Freshness:
+    """This Redis's watermarks (the store's own client) against `views`: each loaded from this
+    registry and, `with_budgets`, within its freshness budget (`budget`)."""
+    from feast_plugins.redis_layout import view_name
+    from feast_plugins.redis_server import store_client
+
+    needs = [(view_name(v, store.config), v, budget(v) if with_budgets else None) for v in views]
+    return check(read_all(store_client(store), store.project), needs, registry_id(store.registry, store.project), datetime.now(timezone.utc))
+
+
 def parse_budgets(text: str | None) -> tuple[timedelta | None, dict[str, timedelta]]:
     """`36h` (every view) or `customer_activity=36h,customer_profile=3d` (per view) -> (all, per view)."""
     from skewless.times import parse_duration

@@ -37,6 +37,15 @@ class Parity:
         return f"{len(self.differing):,} of {self.compared:,} customers differ between online and batch at {self.at.isoformat()}: {first}"
 
 
+def views_not_loaded(store, feature_service: str) -> list[str]:
+    """Why this Redis cannot answer for `feature_service` yet (a view it reads has no watermark
+    here, feast_plugins/watermark.py), or nothing: a comparison before that compares nothing."""
+    from feast_plugins.watermark import check_views
+    from online.features import FeatureLookup
+
+    return check_views(store, [v for v, _ in FeatureLookup(store, feature_service).reads], with_budgets=False).problems
+
+
 def parity_sample(store, bundle, customer_ids: list[int], at: datetime | None = None) -> Parity:
     """Score `customer_ids` online (Redis) and in batch (offline retrieval) at `at` (default now,
     whole seconds) and compare: equal within PROB_TOL, found on both sides or on neither."""

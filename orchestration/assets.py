@@ -57,7 +57,12 @@ def _observe(name: str):
     def observed(skewless: SkewlessResource) -> dg.ObserveResult:
         import duckdb
 
-        path = _source_path(skewless, name)
+        from feast.errors import FeatureViewNotFoundException
+
+        try:
+            path = _source_path(skewless, name)
+        except FeatureViewNotFoundException as exc:  # a repo never applied: the registry asset comes first
+            return dg.ObserveResult(data_version=dg.DataVersion("unregistered"), metadata={"note": f"{exc}: materialize feast_registry"})
         pattern = str(path / "**" / "*.parquet") if path.is_dir() else str(path)
         if not (path.is_dir() and any(path.rglob("*.parquet"))) and not path.is_file():
             return dg.ObserveResult(data_version=dg.DataVersion("missing"), metadata={"path": str(path), "rows": 0})

@@ -11,8 +11,8 @@ being served:
   each. The recorded figures catch a candidate whose own labels were wrong (its rows would make
   both look alike), the same-rows figures a data shift between the two validation windows;
 - **agreement**: the candidate's tree walk reproduced XGBoost on every validation row at
-  training time (its manifest's `scorer`), and, when a Redis is given, its online and batch
-  scores agree on a sample (monitoring/parity.py).
+  training time (its manifest's `scorer`), and, when a Redis is given that holds the views it
+  reads, its online and batch scores agree on a sample (monitoring/parity.py).
 
 Refused: `latest` stays, and the reason is the error a scheduled run fails with.
 """
@@ -82,12 +82,16 @@ def judge(candidate: Bundle, serving: Bundle | None, tolerance: float, store=Non
     if scorer.get("bit_equal_to_xgboost", 0.0) < 1.0:
         verdict.reasons.append(f"its tree walk matched XGBoost on {scorer.get('bit_equal_to_xgboost', 0.0):.2%} of validation rows, not all")
     if store is not None and sample:
-        from monitoring.parity import parity_sample
+        from monitoring.parity import parity_sample, views_not_loaded
 
-        parity = parity_sample(store, candidate, sample)
-        verdict.parity = parity.describe()
-        if not parity.ok:
-            verdict.reasons.append(f"online/batch parity: {parity.describe()}")
+        missing = views_not_loaded(store, candidate.feature_service)
+        if missing:  # a Redis not loaded yet (the first run): nothing to compare; the materialization's own check runs later
+            verdict.parity = f"not checked: {'; '.join(missing)}"
+        else:
+            parity = parity_sample(store, candidate, sample)
+            verdict.parity = parity.describe()
+            if not parity.ok:
+                verdict.reasons.append(f"online/batch parity: {parity.describe()}")
     return verdict
 
 
@@ -102,6 +106,6 @@ def promote(model_dir, candidate_version: str, tolerance: float, store=None, sam
         serving = None
     verdict = judge(candidate, serving, tolerance, store, sample)
     if not verdict.promote:
-        raise PromotionRefused(f"{verdict.candidate} not promoted, `latest` stays on {verdict.serving}: " + "; ".join(verdict.reasons))
+        raise PromotionRefused(f"{verdict.candidate} not promoted, `latest` stays on {verdict.serving or 'nothing'}: " + "; ".join(verdict.reasons))
     point_latest(candidate.path.parent, candidate.version)
     return verdict
