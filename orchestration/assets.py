@@ -121,10 +121,10 @@ def serving_bundle(context: dg.AssetExecutionContext, skewless: SkewlessResource
     from orchestration.gate import PromotionRefused, promote
     from skewless.bundle import list_versions
 
-    candidate = _newest_candidate(context, skewless)
+    candidate = newest_candidate(context, skewless)
     sample = None
     if skewless.redis_url:
-        sample = _sample_ids(skewless)
+        sample = sample_ids(skewless)
     try:
         if sample:
             with skewless.online():
@@ -136,7 +136,7 @@ def serving_bundle(context: dg.AssetExecutionContext, skewless: SkewlessResource
     return dg.MaterializeResult(metadata=verdict.metadata())
 
 
-def _newest_candidate(context, skewless: SkewlessResource) -> str:
+def newest_candidate(context, skewless: SkewlessResource) -> str:
     """The candidate this run trained (from its materialization), else the newest version on disk."""
     from skewless.bundle import list_versions
 
@@ -150,7 +150,7 @@ def _newest_candidate(context, skewless: SkewlessResource) -> str:
     return versions[-1]
 
 
-def _sample_ids(skewless: SkewlessResource) -> list[int]:
+def sample_ids(skewless: SkewlessResource) -> list[int]:
     """Customers to compare: a spread of the active ones now (the profiles' newest snapshot)."""
     from batch.retrieval import active_customers
 
@@ -159,7 +159,8 @@ def _sample_ids(skewless: SkewlessResource) -> list[int]:
     return [int(c) for c in ids.iloc[::step][: skewless.parity_sample]]
 
 
-def _serving(skewless: SkewlessResource, store=None):
+def load_serving(skewless: SkewlessResource, store=None):
+    """The bundle every path serves now (`latest`), checked against the registry when given the store."""
     from skewless.bundle import load_bundle
 
     return load_bundle("latest", skewless.models, store=store)
@@ -175,7 +176,7 @@ def batch_scores(context: dg.AssetExecutionContext, skewless: SkewlessResource) 
 
     when = as_of(context.partition_key)
     store = skewless.store()
-    bundle = _serving(skewless, store)
+    bundle = load_serving(skewless, store)
     served_dir = scores_dir(store)
     parquet_root = served_dir.parent if served_dir is not None else PREDICTIONS_DIR
     summary = run_batch(store, bundle, when, None, skewless.db, parquet_root)
@@ -193,7 +194,7 @@ def published_scores(context: dg.AssetExecutionContext, skewless: SkewlessResour
     when = as_of(context.partition_key)
     with skewless.online() as endpoint:
         store = skewless.store()
-        bundle = _serving(skewless)
+        bundle = load_serving(skewless)
         run = publish(store, when, bundle.name)
     return dg.MaterializeResult(metadata={
         "redis": endpoint.where, "as_of": when.isoformat(), "bundle": f"{bundle.name}/{bundle.version}",

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from orchestration.assets import _sample_ids, _serving, batch_scores, online_features
+from orchestration.assets import batch_scores, load_serving, online_features, sample_ids
+from orchestration.resources import SkewlessResource
 from skewless.bundle import BundleError
 
 NO_BUNDLE = "no bundle served yet (`latest` missing): materialize serving_bundle; nothing to check against"
-from orchestration.resources import SkewlessResource
 
 
 @dg.asset_check(asset=batch_scores, blocking=True, description="The newest full batch run is within its freshness budget.")
@@ -43,10 +43,10 @@ def online_batch_parity(skewless: SkewlessResource) -> dg.AssetCheckResult:
     with skewless.online():
         store = skewless.store()
         try:
-            bundle = _serving(skewless, store)
+            bundle = load_serving(skewless, store)
         except BundleError:
             return dg.AssetCheckResult(passed=True, metadata={"note": NO_BUNDLE})
-        result = parity_sample(store, bundle, _sample_ids(skewless))
+        result = parity_sample(store, bundle, sample_ids(skewless))
     return dg.AssetCheckResult(passed=result.ok, metadata={
         "bundle": f"{bundle.name}/{bundle.version}", "feature_service": bundle.feature_service, "at": result.at.isoformat(),
         "compared": result.compared, "differing": len(result.differing), "result": result.describe()})
@@ -60,7 +60,7 @@ def watermark_lag(skewless: SkewlessResource) -> dg.AssetCheckResult:
     with skewless.online():
         store = skewless.store()
         try:
-            bundle = _serving(skewless, store)
+            bundle = load_serving(skewless, store)
         except BundleError:
             return dg.AssetCheckResult(passed=True, metadata={"note": NO_BUNDLE})
         fresh = check_views(store, [v for v, _ in FeatureLookup(store, bundle.feature_service).reads])
@@ -78,7 +78,7 @@ def served_features(skewless: SkewlessResource):
 
     store = skewless.store()
     try:
-        bundle = _serving(skewless, store)
+        bundle = load_serving(skewless, store)
         report = build_report(store, bundle, Path(skewless.feature_log_dir), skewless.db if skewless.db.exists() else None, None)
     except (ValueError, BundleError) as exc:  # no bundle, or nothing logged for it yet: nothing served, nothing skewed
         note = str(exc)

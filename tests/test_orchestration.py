@@ -190,11 +190,11 @@ def test_a_value_changed_by_hand_in_redis_fails_parity_and_skew(env, tmp_path):
 
     from online.app import create_app
     from online.settings import Settings
-    from orchestration.assets import _sample_ids
+    from orchestration.assets import sample_ids
 
     assert run(env, [online_features]).success
     client = env.redis.endpoint.client()
-    ids = _sample_ids(env.resource)
+    ids = sample_ids(env.resource)
     victim, donor = ids[0], ids[-1]
     layout = int_key_layout(env.resource.store().config, "customer_id")
     original = client.dump(layout.key(victim))
