@@ -12,15 +12,29 @@
   point-in-time truth fails; PSI above the threshold warns.
 """
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 
 from orchestration.assets import batch_scores, load_serving, online_features, sample_ids
 from orchestration.resources import SkewlessResource
-from skewless.bundle import BundleError
+from skewless.bundle import Bundle, BundleError
 
 NO_BUNDLE = "no bundle served yet (`latest` missing): materialize serving_bundle; nothing to check against"
+
+
+@contextlib.contextmanager
+def serving_online(skewless: SkewlessResource) -> Iterator[tuple[object, Bundle | None]]:
+    """The store inside the named Redis, and the bundle served now (None before the first is)."""
+    with skewless.online():
+        store = skewless.store()
+        try:
+            bundle = load_serving(skewless, store)
+        except BundleError:
+            bundle = None
+        yield store, bundle
 
 
 @dg.asset_check(asset=batch_scores, blocking=True, description="The newest full batch run is within its freshness budget.")
@@ -40,11 +54,8 @@ def scores_fresh(skewless: SkewlessResource) -> dg.AssetCheckResult:
 def online_batch_parity(skewless: SkewlessResource) -> dg.AssetCheckResult:
     from monitoring.parity import parity_sample
 
-    with skewless.online():
-        store = skewless.store()
-        try:
-            bundle = load_serving(skewless, store)
-        except BundleError:
+    with serving_online(skewless) as (store, bundle):
+        if bundle is None:
             return dg.AssetCheckResult(passed=True, metadata={"note": NO_BUNDLE})
         result = parity_sample(store, bundle, sample_ids(skewless))
     return dg.AssetCheckResult(passed=result.ok, metadata={
@@ -57,11 +68,8 @@ def watermark_lag(skewless: SkewlessResource) -> dg.AssetCheckResult:
     from feast_plugins.watermark import check_views
     from online.features import FeatureLookup
 
-    with skewless.online():
-        store = skewless.store()
-        try:
-            bundle = load_serving(skewless, store)
-        except BundleError:
+    with serving_online(skewless) as (store, bundle):
+        if bundle is None:
             return dg.AssetCheckResult(passed=True, metadata={"note": NO_BUNDLE})
         fresh = check_views(store, [v for v, _ in FeatureLookup(store, bundle.feature_service).reads])
     return dg.AssetCheckResult(passed=fresh.ok, metadata={
