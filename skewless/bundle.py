@@ -164,7 +164,7 @@ def save_bundle(
     promote: bool = True,
 ) -> Path:
     """Write a new version directory and switch `latest` to it (unless `promote` is false: the
-    scheduled pipeline promotes through a gate, training/promote.py); both steps are atomic.
+    scheduled pipeline promotes through a gate, orchestration/gate.py); both steps are atomic.
 
     The version is written to a temporary directory and renamed into place, so a crash leaves
     no half-written version; `latest` is a symlink replaced with os.replace.

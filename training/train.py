@@ -182,7 +182,7 @@ def train(
     promote: bool = True,
 ) -> TrainResult:
     """Train on `feature_service`'s point-in-time training set and save a bundle; `latest` moves to
-    it when `promote` (the command), or stays for a gate to decide (training/promote.py)."""
+    it when `promote` (the command), or stays for a gate to decide (orchestration/gate.py)."""
     seconds = {}
     t = time.perf_counter()
     step("retrieve point-in-time features")
