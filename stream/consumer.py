@@ -327,8 +327,12 @@ class Consumer:
         metrics.DEAD_LETTERS.labels(reason=kind).inc()
 
     # ------------------------------------------------------------------ offline: staged, then flushed
+    def _source_dir(self, what: str) -> Path:
+        """Where a view's part files go: the account state's source directory, or the scores'."""
+        return self.state_dir if what == "state" else self.scores_dir
+
     def _staging(self, what: str) -> Path:
-        base = self.state_dir if what == "state" else self.scores_dir
+        base = self._source_dir(what)
         return base.parent / f".{base.name}.staging" / self.consumer
 
     def _stage(self, table: pa.Table, what: str) -> None:
@@ -344,22 +348,17 @@ class Consumer:
         with self._lock:
             self._pending[what].append((final, table))
 
-    def _parts(self, what: str) -> list[Path]:
-        """This consumer's part files of one view, oldest first (their names sort by time)."""
-        base = self.state_dir if what == "state" else self.scores_dir
-        return sorted(base.glob(f"**/stream-*-{self.consumer}.parquet"), key=lambda f: f.name)
-
     def clean_leftovers(self) -> None:
         """What a killed run of this consumer left half done: staged or part files still `.tmp`
         (never renamed, so never read), and staged files its last flush had already moved."""
         for what in ("state", "scores"):
             if what == "scores" and self.scores_dir is None:
                 continue
-            base = self.state_dir if what == "state" else self.scores_dir
+            base = self._source_dir(what)
             for tmp in [*self._staging(what).glob("*.tmp"), *base.glob(f"**/.stream-*-{self.consumer}.parquet.tmp")]:
                 log.info("removing %s, left by a run killed while writing it", tmp)
                 tmp.unlink(missing_ok=True)
-            parts = self._parts(what)
+            parts = sorted(base.glob(f"**/stream-*-{self.consumer}.parquet"), key=lambda f: f.name)  # names sort by time
             if not parts:
                 continue
             meta = pq.read_schema(parts[-1]).metadata or {}
@@ -422,8 +421,8 @@ def repeats(state: AccountState, event: Event) -> bool:
 
 def fingerprint(event: Event) -> str:
     """What an event ID stands for: a repeat of the ID with another payload is not the same event."""
-    amount = "" if event.amount is None else repr(event.amount)
-    return f"customer {event.customer_id}, {event.event_type} at {event.time_us} us, amount {amount or 'none'}"
+    amount = "none" if event.amount is None else repr(event.amount)
+    return f"customer {event.customer_id}, {event.event_type} at {event.time_us} us, amount {amount}"
 
 
 def boundary(name: str) -> None:
