@@ -32,7 +32,6 @@ from batch.outputs import PredictionWriter, RunKey
 from batch.retrieval import (
     DEFAULT_CHUNK_ROWS,
     active_customers,
-    duckdb_memory_limited,
     resolve,
     source_time_ranges,
     stream_features,
@@ -218,10 +217,10 @@ def local_chunks(store, bundle: Bundle, contract, ids: np.ndarray, as_of: dateti
     bundle.scoring_threads = _cores()
     parts: dict[str, float] = {}
     # Feast runs only in the prefetch thread from here on: nothing else uses its connections;
-    # closing() joins that thread before the DuckDB settings are restored
+    # closing() joins that thread before the run goes on
     features = stream_features(store, contract, ids, as_of, chunk_rows, seconds=parts)
     frames = prefetch(features, step=lambda: clock.stage("retrieve"), name="batch-retrieval")
-    with duckdb_memory_limited(store), contextlib.closing(frames):
+    with contextlib.closing(frames):
         for index, frame in enumerate(frames):
             with clock.stage("score"):
                 chunk = score_frame(index, bundle, contract, frame, run)

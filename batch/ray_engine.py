@@ -57,14 +57,13 @@ def _worker_state(repo: str, model_dir: str, version: str):
 def score_range(index: int, ids: np.ndarray, repo: str, model_dir: str, version: str, run: RunInfo, cpus: int) -> ScoredChunk:
     """One Ray task: the single-machine retrieval and scoring of one range of customer IDs."""
     from batch.job import score_frame
-    from batch.retrieval import duckdb_memory_limited, stream_features
+    from batch.retrieval import stream_features
 
     started = time.perf_counter()
     store, bundle, contract = _worker_state(repo, model_dir, version)
     bundle.scoring_threads = cpus
     warm = time.perf_counter()
-    with duckdb_memory_limited(store):
-        frame = next(stream_features(store, contract, ids, run.as_of, len(ids)))
+    frame = next(stream_features(store, contract, ids, run.as_of, len(ids)))
     retrieved = time.perf_counter()
     chunk = score_frame(index, bundle, contract, frame, run)
     done = time.perf_counter()

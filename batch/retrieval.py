@@ -6,15 +6,11 @@ as_of = T), the very rows training builds for a label at T, and goes through
 on the DuckDB offline store. So a batch score at T uses exactly the features training would
 have used at T: Feast's point-in-time join, its TTLs, its tie-breaking, its on-demand views.
 
-Two things around Feast's call, neither of which computes a feature:
-
-- the job's result is taken in two steps, as `RetrievalJob.to_arrow` takes it: the
-  point-in-time join (`_to_arrow_internal`), then the on-demand views Feast returns with the
-  job, applied by batch/on_demand.py, which hands the registry's own function the same inputs
-  Feast would, only converted to Python faster (Feast's `to_pydict` costs ~3 us per timestamp:
-  most of a run); tests/test_batch.py proves the result equal to training's `to_df()`;
-- DuckDB, which Feast drives through ibis's default connection, gets a memory limit and a
-  spill directory, so peak memory is bounded by the chunk size, not by the customer count.
+Nothing around Feast's call computes a feature. The speed is the offline store's
+(feast_plugins/asof_offline_store.py, named in feature_store.yaml): DuckDB's ASOF JOIN, the
+on-demand views fed fast, a memory limit and a spill directory, so peak memory is bounded by the
+chunk size, not by the customer count. With Feast's stock `type: duckdb` the same code runs,
+only slower. tests/test_batch.py proves the result equal to training's `to_df()`.
 
 Which customers are active at T (the default set to score) is a selection, not a feature: it
 is read straight from the profile view's source with Feast's rule for "latest row known at T"
@@ -23,12 +19,8 @@ is read straight from the profile view's source with Feast's rule for "latest ro
 
 from __future__ import annotations
 
-import atexit
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,17 +33,17 @@ import pyarrow.parquet as pq
 from feast import FeatureStore, FeatureView
 from feast.data_format import ParquetFormat
 from feast.infra.offline_stores.file_source import FileSource
+from feast.types import from_feast_to_pyarrow_type
 
-from batch.on_demand import apply_on_demand, constant_values
+from feast_plugins.asof_offline_store import AsofRetrievalJob
 from skewless.contract import Contract, resolve  # noqa: F401  (re-exported for callers)
-from training.dataset import KEYS, REQUEST_TIME
 from skewless.sql import ident, literal
+from training.dataset import KEYS, REQUEST_TIME
 
 DEFAULT_CHUNK_ROWS = 250_000
-DUCKDB_MEMORY_LIMIT = "768MB"  # DuckDB spills beyond this; with a chunk being scored, the run stays under 2 GB
+DUCKDB_MEMORY_LIMIT = "768MB"  # the active-customer scan's; DuckDB spills beyond it
 PROFILE_VIEW = "customer_profile"  # whose status and signup date say who is active
 ACTIVE_SCAN_ROWS = 4_000_000  # source rows per range when listing active customers
-REQUEST_TIME_TYPE = pa.timestamp("us", tz="UTC")
 
 
 class RetrievalError(ValueError):
@@ -222,38 +214,6 @@ def chunk_ids(customer_ids, chunk_rows: int) -> Iterator[np.ndarray]:
         yield ids[start : start + chunk_rows]
 
 
-_spill_dir: Path | None = None  # DuckDB's temp directory for this process, once set
-
-
-@contextmanager
-def duckdb_memory_limited(store: FeatureStore) -> Iterator[None]:
-    """Bound the memory of the DuckDB that Feast's DuckDB offline store runs in (ibis's default
-    connection, one per process) inside the block: beyond DUCKDB_MEMORY_LIMIT it spills to a
-    temp directory of this process's (removed at exit), not to DuckDB's default `.tmp` in the
-    working directory. DuckDB cannot move its temp directory once used, so that is set once per
-    process; the memory limit is restored after the block.
-    """
-    if store.config.offline_store.type != "duckdb":
-        yield
-        return
-    import ibis
-
-    global _spill_dir
-    con = ibis.get_backend()
-    if _spill_dir is None:
-        _spill_dir = Path(tempfile.mkdtemp(prefix="skewless-duckdb-spill-"))
-        atexit.register(shutil.rmtree, _spill_dir, ignore_errors=True)
-        try:
-            con.raw_sql(f"SET temp_directory = {literal(str(_spill_dir))}")
-        except duckdb.Error:
-            pass  # something in this process already spilled: DuckDB keeps the directory it used
-    con.raw_sql(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
-    try:
-        yield
-    finally:
-        con.raw_sql("RESET memory_limit")
-
-
 def stream_feature_tables(
     store: FeatureStore,
     contract: Contract,
@@ -264,30 +224,30 @@ def stream_feature_tables(
 ) -> Iterator[pa.Table]:
     """Arrow tables of (customer_id + the service's features, in contract order) at `as_of`.
 
-    One `get_historical_features` call per chunk (see the module docstring); rows come in
-    customer_id order, and a customer with no row in a view gets nulls for it, never dropped.
-    `seconds` (when given) accumulates time spent in "query" (Feast's point-in-time join) and
-    "on_demand" (the on-demand views).
+    One `get_historical_features(...).to_arrow()` per chunk (see the module docstring); rows
+    come in customer_id order, and a customer with no row in a view gets nulls for it, never
+    dropped. `seconds` (when given) accumulates time spent in "query" (the point-in-time join)
+    and "on_demand" (the on-demand views), as the offline store reports them.
     """
     seconds = seconds if seconds is not None else {}
     service = store.get_feature_service(contract.service)
+    declared = {f.name: from_feast_to_pyarrow_type(f.dtype) for p in service.feature_view_projections for f in p.features}
     key, timestamp = KEYS
-    as_of = _utc(as_of)
-    when = pd.Timestamp(as_of)
+    when = pd.Timestamp(_utc(as_of))
     for ids in chunk_ids(customer_ids, chunk_rows):
-        t = time.perf_counter()
+        started = time.perf_counter()
         entity = pd.DataFrame({key: ids, timestamp: when, REQUEST_TIME: when})
         job = store.get_historical_features(entity_df=entity, features=service, filter_by_created_timestamp=True)
-        table = job._to_arrow_internal().sort_by(key)  # DuckDB returns rows in an order of its own
-        t2 = time.perf_counter()
-        seconds["query"] = seconds.get("query", 0.0) + t2 - t
-        # the entity frame's two times are one constant: handed to the on-demand views as the
-        # Python values pyarrow would give for them, without converting a column per row
-        n = table.num_rows
-        table = table.drop_columns([timestamp, REQUEST_TIME])
-        constants = {name: constant_values(as_of, n, REQUEST_TIME_TYPE) for name in (timestamp, REQUEST_TIME)}
-        table = apply_on_demand(job.on_demand_feature_views, table, constants)
-        seconds["on_demand"] = seconds.get("on_demand", 0.0) + time.perf_counter() - t2
+        table = job.to_arrow()
+        if not isinstance(job, AsofRetrievalJob):  # Feast's own store: rows in an order of DuckDB's
+            table = table.sort_by(key)
+        split = getattr(job, "seconds", {"join": time.perf_counter() - started, "on_demand": 0.0})
+        seconds["query"] = seconds.get("query", 0.0) + split["join"]
+        seconds["on_demand"] = seconds.get("on_demand", 0.0) + split["on_demand"]
+        # a chunk where a feature is null for every row: the declared type, so every chunk has one schema
+        for i, name in enumerate(table.column_names):
+            if pa.types.is_null(table.schema.field(i).type) and name in declared:
+                table = table.set_column(i, name, pa.nulls(table.num_rows, declared[name]))
         yield table.select([key] + contract.features)
 
 

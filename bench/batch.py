@@ -10,7 +10,7 @@ already there), then, each in its own process (peak RSS of that process from wai
      scoring, DuckDB + Parquet writes; its --summary-json gives the time and peak RSS of each
      stage;
   2. bare Feast: `get_historical_features(features=<churn_v1>, filter_by_created_timestamp=True)
-     .to_df()` for the same customers at T (the IDs the score run wrote), timed around that call
+     .to_df()` on Feast 0.67's own DuckDB offline store for the same customers at T (the IDs the score run wrote), timed around that call
      alone.
 
 With `--engine ray`, the same run also scores with `skewless score --engine ray` (a local Ray
@@ -34,11 +34,10 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 from generated_data import link_data
+from measure import run_measured
 
 from report import RESULTS, ROOT, stamp
 sys.path.insert(0, str(ROOT))  # the project's packages before this folder's scripts of the same names
@@ -48,10 +47,11 @@ DEFAULT_AS_OF = "2026-10-31T12:00:00+00:00"  # the generated data ends 2026-11-0
 BARE = """
 import json, sys, time
 import pandas as pd
+from feast_plugins.asof_offline_store import with_feast_duckdb
 from training.dataset import entity_frame
 from skewless.store import open_store
 repo, as_of, ids_file = sys.argv[1], pd.Timestamp(sys.argv[2]), sys.argv[3]
-store = open_store(repo)
+store = with_feast_duckdb(open_store(repo))
 ids = pd.read_parquet(ids_file)["customer_id"].to_numpy()
 keys = pd.DataFrame({"customer_id": ids, "event_timestamp": as_of})
 service = store.get_feature_service("churn_v1")
@@ -59,41 +59,6 @@ t = time.perf_counter()
 df = store.get_historical_features(entity_df=entity_frame(keys), features=service, filter_by_created_timestamp=True).to_df()
 print(json.dumps({"rows": len(df), "seconds": time.perf_counter() - t}))
 """
-
-
-def run_measured(cmd: list[str], rss_cap_mb: float | None = None) -> tuple[float, float, str, bool]:
-    """Run a command: (wall seconds, its own peak RSS in MB via wait4, stdout, killed at the cap).
-
-    With `rss_cap_mb`, a watchdog kills the process when its RSS passes the cap, so a retrieval
-    that would not fit does not push other people's work on this machine out of memory.
-    """
-    started = time.perf_counter()
-    killed = threading.Event()
-    with open(os.devnull, "w") as devnull:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=devnull, text=True, cwd=ROOT)
-
-        def watch() -> None:
-            while proc.poll() is None:
-                try:
-                    with open(f"/proc/{proc.pid}/status") as f:
-                        rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-                except (OSError, StopIteration, ValueError):
-                    return
-                if rss_kb / 1024 > rss_cap_mb:
-                    killed.set()
-                    proc.kill()
-                    return
-                time.sleep(0.2)
-
-        if rss_cap_mb:
-            threading.Thread(target=watch, daemon=True).start()
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0 and not killed.is_set():
-        raise SystemExit(f"{' '.join(cmd[:6])} ... failed with exit code {proc.returncode}")
-    return wall, usage.ru_maxrss / 1024, out, killed.is_set()
 
 
 def prepare(n: int) -> tuple[Path, Path]:

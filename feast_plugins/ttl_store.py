@@ -28,10 +28,15 @@ by appending `Config` to the store class name, in the same module).
 
 The service's own per-request read (online/features.py:RedisReader) applies the same rule.
 
-An on-demand view stored in Redis (`write_to_online_store=True`) has no TTL of its own: its rows
-carry the event time of the source rows they were computed from, and offline retrieval nulls a
-source past its TTL, so a stored row holds for the smallest TTL among its sources (read from the
-registry once per process, and again when a view is not known yet).
+An on-demand view stored in Redis (`write_to_online_store=True`) has no TTL of its own, and
+Feast 0.67 stamps its rows with the time they were *written* (feast/utils.py
+`_convert_arrow_odfv_to_proto`), not the time of the source rows they were computed from.
+Offline, the view is computed from its sources as of the read, with a source past its TTL
+giving nulls. So a stored row is served only while its sources' rows are: the read also fetches
+each source view's `_ts:<view>` field from the same Redis hash (one HMGET, as before) and drops
+the row when a source with a TTL has expired (source TTLs read from the registry once per
+process, and again when a view is not known yet). A source with no row in Redis decides
+nothing (it may simply have no data for that key).
 
 The connection string comes from `${SKEWLESS_REDIS}`; when that is unset (the stock CLI run
 without it), the first use fails with one line naming the variable instead of Feast's
@@ -64,8 +69,10 @@ CLASS_PATH = "feast_plugins.ttl_store.TTLRedisOnlineStore"
 # The request time reads are relative to (None: the wall clock at the read).
 _READ_TIME: ContextVar[float | None] = ContextVar("skewless_ttl_read_time", default=None)
 # TTL in seconds (0 = never expires) of each view the current read covers, by the name the
-# Redis store uses for it.
-_VIEW_TTLS: ContextVar[dict[str, float] | None] = ContextVar("skewless_ttl_views", default=None)
+# Redis store uses for it; for a stored on-demand view, its sources' TTLs by source name.
+_VIEW_TTLS: ContextVar[dict[str, float | dict[str, float]] | None] = ContextVar("skewless_ttl_views", default=None)
+# Marks the extra hash fields a stored on-demand view's read asks for: its sources' `_ts:<view>`.
+SOURCE_TS = "_skewless_source_ts:"
 
 
 @contextmanager
@@ -81,12 +88,6 @@ def read_time(when: datetime) -> Iterator[None]:
 def ttl_seconds(view: FeatureView) -> float:
     """A view's TTL in seconds; 0 when it has none (Feast treats a falsy ttl as 'never expires')."""
     return view.ttl.total_seconds() if view.ttl else 0.0
-
-
-def smallest_ttl_seconds(ttls: Iterable[float]) -> float:
-    """The TTL of rows derived from several sources: the smallest that expires (0 when none does)."""
-    expiring = [t for t in ttls if t > 0]
-    return min(expiring) if expiring else 0.0
 
 
 class OnlineStoreNotConfigured(click.ClickException, ValueError):
@@ -123,17 +124,25 @@ class TTLReadMixin:
         check_connection_string(online_store_config.connection_string)
         return await super()._get_client_async(online_store_config)
 
-    def _ttl(self, config, table) -> float:
+    def _ttl(self, config, table) -> float | dict[str, float]:
         if hasattr(table, "ttl"):
             return ttl_seconds(table)
-        # an on-demand view written to the online store: the smallest TTL of its sources
-        sources = [p.name for p in table.source_feature_view_projections.values()]
+        # an on-demand view written to the online store: the TTL of each of its sources
+        sources = _source_names(table)
         if self._source_ttls is None or any(name not in self._source_ttls for name in sources):
             from feast import FeatureStore
 
             views = FeatureStore(repo_path=str(config.repo_path), config=config).list_feature_views()
             self._source_ttls = {v.name: ttl_seconds(v) for v in views}
-        return smallest_ttl_seconds(self._source_ttls.get(name, 0.0) for name in sources)
+        return {name: self._source_ttls.get(name, 0.0) for name in sources}
+
+    def _generate_hset_keys_for_features(self, feature_view, requested_features=None, fv_name_override=None):
+        names, keys = super()._generate_hset_keys_for_features(feature_view, requested_features, fv_name_override)
+        if not hasattr(feature_view, "ttl"):  # a stored on-demand view: read its sources' event times too
+            for source in _source_names(feature_view):
+                keys.append(f"_ts:{source}")
+                names.append(SOURCE_TS + source)
+        return names, keys
 
     @contextmanager
     def _views(self, config, tables: Iterable) -> Iterator[None]:
@@ -169,7 +178,42 @@ class TTLReadMixin:
                 "for this Feast version"
             )
         now_s = _READ_TIME.get()
-        return drop_expired(rows, ttls[feature_view], time.time() if now_s is None else now_s)
+        now_s = time.time() if now_s is None else now_s
+        ttl = ttls[feature_view]
+        if isinstance(ttl, dict):
+            return self._with_sources(redis_values, feature_view, requested_features, ttl, now_s)
+        return drop_expired(rows, ttl, now_s)
+
+    def _with_sources(self, redis_values, feature_view, requested_features, source_ttls, now_s):
+        """A stored on-demand view's rows, each dropped when one of its sources has expired."""
+        extra = [i for i, name in enumerate(requested_features) if name.startswith(SOURCE_TS)]
+        sources = [requested_features[i][len(SOURCE_TS):] for i in extra]
+        for i in reversed(extra):  # in place: Feast fills the response from this same list
+            del requested_features[i]
+        skip = set(extra)
+        own = [[v for j, v in enumerate(values) if j not in skip] for values in redis_values]
+        rows = super()._convert_redis_values_to_protobuf(own, feature_view, requested_features)
+        out = []
+        for row, values in zip(rows, redis_values):
+            expired = any(
+                values[i] and source_ttls.get(src, 0.0) > 0 and _seconds(values[i]) + source_ttls[src] < now_s
+                for i, src in zip(extra, sources)
+            )
+            out.append((None, None) if expired else row)
+        return out
+
+
+def _source_names(odfv) -> list[str]:
+    return [p.name for p in odfv.source_feature_view_projections.values()]
+
+
+def _seconds(timestamp_bytes: bytes) -> float:
+    """A `_ts:<view>` field (a protobuf Timestamp) in seconds since the epoch."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    ts = Timestamp()
+    ts.ParseFromString(timestamp_bytes)
+    return ts.seconds + ts.nanos / 1e9
 
 
 class TTLRedisOnlineStore(TTLReadMixin, RedisOnlineStore):

@@ -2,7 +2,7 @@
 crashes, freshness, bad input.
 
 The parity tests are the guarantee behind batch/retrieval.py: chunked `get_historical_features`
-with the on-demand views applied through batch/on_demand.py must give, row for row and value for
+through the offline store (on-demand views applied by feast_plugins/on_demand.py) must give, row for row and value for
 value, what training's `get_historical_features(...).to_df()` gives at the same time, including
 every case where the two could drift apart; and the active-customer scan must list exactly the
 customers Feast's own retrieval says are active.
@@ -26,7 +26,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import copy_repo, feast_apply
 
-from batch import job, on_demand, outputs
+from batch import job, outputs
+from feast_plugins import on_demand
 from batch.outputs import ARROW_SCHEMA, TABLE
 from batch.retrieval import active_customers, resolve, stream_features
 from skewless.bundle import load_bundle

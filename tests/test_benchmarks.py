@@ -52,6 +52,11 @@ def test_batch_benchmark_runs_against_the_bare_feast_retrieval(results):
     assert "bare Feast to_df s" in smoke(results, "batch.py")
 
 
+def test_retrieval_benchmark_runs_both_offline_stores(results):
+    out = smoke(results, "retrieval.py")
+    assert re.search(r"^\| 2,000 \| batch \| [\d,]+ \| [\d.]+ \| [\d.]+ ", out, re.M) and "| training |" in out and "| batch, streamed |" in out, out
+
+
 def test_materialize_benchmark_runs_the_stock_engine_too(results):
     out = smoke(results, "materialize.py")
     assert re.search(r"^\| stock \| [\d,]+ \|", out, re.M) and "byte-identical to stock on a random sample" in out and ": yes" in out, out

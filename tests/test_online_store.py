@@ -51,37 +51,47 @@ def stored_login_rate(inputs: dict) -> dict:
 '''
 
 
-def test_a_stored_on_demand_view_expires_with_its_sources_smallest_ttl(tmp_path, redis_endpoint, monkeypatch):
-    """An on-demand view written to the online store has no TTL of its own (Feast 0.67 read it
-    through the TTL store's per-view hook, which then failed on `view.ttl`). Its stored rows hold
-    as long as its shortest-lived source would: customer_activity's 30 days here."""
+def test_a_stored_on_demand_view_is_served_only_while_its_sources_are(tmp_path, redis_endpoint, monkeypatch):
+    """Feast 0.67 stamps a stored on-demand view's row with the time it was *written*, so a
+    rule counted from that stamp serves the row long after its sources expired, while offline
+    retrieval (which recomputes the view from its sources) gives null. One activity row at S,
+    activity's TTL 30 days, the view materialized now: online and offline agree at S + 1 day
+    (a value) and at S + 31 days and today (null), though the stored row is minutes old."""
     from datetime import timedelta
 
+    import pyarrow as pa
     import pyarrow.parquet as pq
     from conftest import copy_repo, feast_apply
 
     from feast_plugins.redis_server import throwaway_redis
     from feast_plugins.ttl_store import read_time
-    from synthetic.generate import ACTIVITY_FILE, ACTIVITY_SCHEMA, LABEL_SCHEMA, LABELS_FILE, PROFILE_SCHEMA, PROFILES_FILE
     from skewless.store import REDIS_ENV, open_store
+    from synthetic.generate import ACTIVITY_FILE, ACTIVITY_SCHEMA, LABEL_SCHEMA, LABELS_FILE, PROFILE_SCHEMA, PROFILES_FILE
 
     repo = copy_repo(tmp_path / "feature_repo")
     (repo / "definitions.py").write_text((repo / "definitions.py").read_text() + STORED_ODFV)
-    for schema, name in ((ACTIVITY_SCHEMA, ACTIVITY_FILE), (PROFILE_SCHEMA, PROFILES_FILE), (LABEL_SCHEMA, LABELS_FILE)):
+    for schema, name in ((PROFILE_SCHEMA, PROFILES_FILE), (LABEL_SCHEMA, LABELS_FILE)):
         pq.write_table(schema.empty_table(), repo / "data" / name)
+    s = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    row = {f.name: [None] for f in ACTIVITY_SCHEMA} | {"customer_id": [1], "event_timestamp": [s], "created": [s], "logins_7d": [14]}
+    pq.write_table(pa.Table.from_pydict(row, schema=ACTIVITY_SCHEMA), repo / "data" / ACTIVITY_FILE)
     assert feast_apply(repo, redis_endpoint).returncode == 0
     with throwaway_redis() as endpoint:
         monkeypatch.setenv(REDIS_ENV, endpoint.feast)
         store = open_store(repo)
-        written = datetime.now(timezone.utc)
-        # as a producer writes such a view: source values in, the registry's transform applied on
-        # write; Feast stamps the stored row with the time of the write
-        store.write_to_online_store("stored_login_rate", pd.DataFrame({"customer_id": [1], "event_timestamp": [written], "logins_7d": [14]}))
+        store.materialize(s - timedelta(days=1), s + timedelta(days=1), feature_views=["customer_activity", "stored_login_rate"])
 
-        def rate(days_later: float):
-            with read_time(written + timedelta(days=days_later)):
+        def online(at: datetime):
+            with read_time(at):
                 rows = store.get_online_features(features=["stored_login_rate:logins_per_day_7d"], entity_rows=[{"customer_id": 1}])
                 return rows.to_dict()["logins_per_day_7d"][0]
 
-        assert rate(0) == 2.0 and rate(29.9) == 2.0
-        assert rate(30.1) is None
+        def offline(at: datetime):
+            entity = pd.DataFrame({"customer_id": [1], "event_timestamp": [at]})
+            value = store.get_historical_features(entity_df=entity, features=["stored_login_rate:logins_per_day_7d"]).to_df()
+            return value["logins_per_day_7d"][0]
+
+        now = datetime.now(timezone.utc)
+        assert online(s + timedelta(days=1)) == offline(s + timedelta(days=1)) == 2.0
+        for at in (s + timedelta(days=31), now):
+            assert online(at) is None and pd.isna(offline(at)), at
