@@ -56,7 +56,7 @@ demo: install redis curl
 	$(RUN) skewless generate --customers $(CUSTOMERS) --end $(DEMO_START)
 	$(RUN) skewless apply
 	$(RUN) skewless train --feature-service churn_v2
-	$(RUN) skewless score --as-of now
+	$(RUN) skewless score --as-of now --explain-top 3 --explain-segment High
 	$(RUN) skewless demo-online
 	$(RUN) skewless skew-report --since $(DEMO_START)
 	@$(RUN) skewless demo-summary --started $(DEMO_START)

@@ -86,17 +86,20 @@ def _outputs(out_dir: Path | None, db_path: Path | None, parquet_dir: Path | Non
 @click.option("--chunk-rows", type=int, default=None, help="Customers per chunk (default 250,000): bounds memory.")
 @click.option("--top", "top_n", type=int, default=10, show_default=True, help="Print this many highest-risk customers at the end (0: none).")
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the run summary (counts, stage times, peak RSS) as JSON here.")
+@click.option("--explain-top", type=click.IntRange(min=0, max=20), default=0, show_default=True, help="Write each explained customer's top K reasons (exact SHAP) to table churn_reasons (0: none).")
+@click.option("--explain-segment", "explain_segments", multiple=True, help="With --explain-top: only customers in this risk segment (repeatable, e.g. High); default every customer scored.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="Where the chunks run: this process, or Ray tasks.")
 @click.option("--address", default=None, help="With --engine ray: an existing cluster (host:port); without, a local Ray is started and stopped.")
 @click.option("--ray-cpus", type=click.IntRange(min=1), default=None, help="With a local Ray: its CPUs (default: this machine's).")
 @click.pass_context
 def score(ctx, as_of, ids_file, all_active, version, model_dir, repo, out_dir, db_path, parquet_dir, chunk_rows, top_n, summary_json,
-          engine, address, ray_cpus) -> None:
+          explain_top, explain_segments, engine, address, ray_cpus) -> None:
     """Score customers as of a time into DuckDB (table churn_predictions) and Parquet.
 
     \b
     skewless score --as-of now                        all active customers, latest model
     skewless score --as-of 2026-10-31T00:00:00Z --customers ids.txt --model <version>
+    skewless score --as-of now --explain-top 3 --explain-segment High   reasons of the High segment
     skewless score status --max-age 26h               freshness check (exit 1 when stale)
     """
     if ctx.invoked_subcommand is not None:
@@ -109,6 +112,8 @@ def score(ctx, as_of, ids_file, all_active, version, model_dir, repo, out_dir, d
         raise click.ClickException(f"--chunk-rows must be a positive number, got {chunk_rows}")
     if top_n < 0:
         raise click.ClickException(f"--top must be 0 or more, got {top_n}")
+    if explain_segments and not explain_top:
+        raise click.ClickException("--explain-segment goes with --explain-top K")
     if engine != "ray" and (address or ray_cpus):
         raise click.ClickException("--address and --ray-cpus go with --engine ray")
     when = parse_time(as_of)
@@ -120,7 +125,7 @@ def score(ctx, as_of, ids_file, all_active, version, model_dir, repo, out_dir, d
     db, parquet_root = _outputs(out_dir, db_path, parquet_dir)
     ray = {"address": address, "cpus": ray_cpus} if engine == "ray" else None
     summary, parquet_root, served = _run(repo, model_dir, version, when, ids, db, None if parquet_dir is None and out_dir is None else parquet_root,
-                                         chunk_rows, ray)
+                                         chunk_rows, ray, (explain_top, tuple(explain_segments)))
     for warning in summary.warnings:
         click.echo(f"warning: {warning}", err=True)
     if duplicates:
@@ -137,7 +142,54 @@ def score(ctx, as_of, ids_file, all_active, version, model_dir, repo, out_dir, d
         summary_json.write_text(json.dumps(summary.to_json() | {"duplicates": duplicates}, indent=2) + "\n")
 
 
-def _run(repo, model_dir, version, when, ids, db, parquet_root, chunk_rows, ray=None):
+@click.command("explain")
+@click.option("--customer", "customer_id", type=click.IntRange(min=0, max=2**63 - 1), required=True, help="The customer ID.")
+@click.option("--as-of", "as_of", default="now", show_default=True, help="Explain the score as of this time: ISO 8601 (UTC when no zone) or `now`.")
+@click.option("--top", type=click.IntRange(min=1, max=20), default=5, show_default=True, help="How many reasons.")
+@click.option("--model", "version", default="latest", show_default=True, help="Model version.")
+@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where bundles are (default: models/, or SKEWLESS_MODEL_DIR).")
+@click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=REPO_DIR, show_default=True, help="The Feast repository.")
+def explain_command(customer_id: int, as_of: str, top: int, version: str, model_dir: Path | None, repo: Path) -> None:
+    """Why a customer's churn score is what it is at a time: the top reasons (exact SHAP).
+
+    \b
+    skewless explain --customer 42
+    skewless explain --customer 42 --as-of 2026-10-31T12:00:00Z --top 3
+
+    Features come from the offline store at the as-of time, as a batch run at that time reads
+    them, so the reasons are those of that run's score (and of /predict?explain=true then).
+    """
+    import pandas as pd
+
+    from batch.retrieval import resolve, stream_features
+    from skewless.bundle import DEFAULT_MODEL_DIR, BundleError, load_bundle
+    from skewless.explain import explain
+    from skewless.score import score
+    from skewless.store import open_store
+
+    when = parse_time(as_of)
+    if as_of == "now":
+        when = when.replace(microsecond=0)
+    store = open_store(repo)
+    try:
+        bundle = load_bundle(version, model_dir or DEFAULT_MODEL_DIR, store=store)
+    except BundleError as exc:
+        raise click.ClickException(str(exc)) from None
+    contract = resolve(store, bundle.feature_service)
+    frame = pd.concat(stream_features(store, contract, [customer_id], when))
+    if not contract.found(frame).any():
+        raise click.ClickException(f"customer {customer_id} has no features at {when.isoformat()} (unknown, or every row past its view's TTL)")
+    s = score(bundle, frame)
+    why = explain(bundle, frame, top)[0]
+    click.echo(f"customer {customer_id} as of {when.isoformat()}: churn probability {s.probability[0]:.4f} ({s.risk_segment[0]}), "
+               f"model {bundle.name}/{bundle.version}")
+    click.echo(f"  base value {why.base_value:+.4f}, margin {why.margin:+.4f} (log-odds); top {len(why.reasons)} reasons:")
+    for r in why.reasons:
+        value = "missing" if r.value is None else (f"{r.value:.4g}" if isinstance(r.value, float) else str(r.value))
+        click.echo(f"  {r.contribution:+.4f}  {r.direction:6s}  {r.feature} = {value}")
+
+
+def _run(repo, model_dir, version, when, ids, db, parquet_root, chunk_rows, ray=None, explaining=(0, ())):
     import duckdb
     from tqdm import tqdm
 
@@ -158,6 +210,9 @@ def _run(repo, model_dir, version, when, ids, db, parquet_root, chunk_rows, ray=
             bundle = load_bundle(version, model_dir or DEFAULT_MODEL_DIR, store=store)
         except BundleError as exc:
             raise click.ClickException(str(exc)) from None
+        unknown = sorted(set(explaining[1]) - {s["name"] for s in bundle.segments})
+        if unknown:
+            raise click.ClickException(f"--explain-segment {', '.join(unknown)}: the model's segments are {', '.join(s['name'] for s in bundle.segments)}")
         served_dir = scores_dir(store)  # where the churn_scores view reads; a run written there is served by ID
         if parquet_root is None:
             parquet_root = served_dir.parent if served_dir is not None else PREDICTIONS_DIR
@@ -173,6 +228,7 @@ def _run(repo, model_dir, version, when, ids, db, parquet_root, chunk_rows, ray=
                     store, bundle, when, None if ids is None else ids, db, parquet_root, chunk_rows or DEFAULT_CHUNK_ROWS,
                     progress=bar.update, on_total=lambda n: (setattr(bar, "total", n), bar.refresh()),
                     **({"engine": engine} if ray is not None else {}),
+                    explain_top=explaining[0], explain_segments=explaining[1],
                 )
             except OutputError as exc:
                 raise click.ClickException(str(exc)) from None
@@ -248,6 +304,10 @@ def _print_summary(s, db: Path, parquet_root: Path) -> None:
 
         click.echo(f"  not found: {len(s.not_found):,} customers have no features at the as-of time (not scored, as /predict answers 404): "
                    f"{first_ids(s.not_found)}")
+    if s.explained:
+        from batch.outputs import REASONS_TABLE
+
+        click.echo(f"  explained: {s.explained:,} customers, their top reasons in {db} table {REASONS_TABLE} (run {s.run_id})")
     secs = s.seconds
     retrieve = f"retrieve {secs.get('retrieve', 0):.2f}s"
     parts = [f"{k.split('.', 1)[1].replace('_', '-')} {v:.2f}s" for k, v in secs.items() if k.startswith("retrieve.")]

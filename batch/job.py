@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from batch.outputs import PredictionWriter, RunKey
 from batch.retrieval import (
@@ -61,6 +62,7 @@ class BatchSummary:
     with_missing_features: int = 0  # at least one model input missing (null)
     with_unseen_category: int = 0  # a category the model never saw (scored as missing)
     not_found: list[int] = field(default_factory=list)  # asked for, but no feature-view value at T: not scored
+    explained: int = 0  # customers whose reasons went to churn_reasons
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> busy seconds
     peak_rss_mb: dict[str, float] = field(default_factory=dict)  # stage -> peak RSS while it ran
     wall_seconds: float = 0.0
@@ -91,6 +93,7 @@ class BatchSummary:
             "with_missing_features": self.with_missing_features,
             "not_found": self.not_found,
             "with_unseen_category": self.with_unseen_category,
+            "explained": self.explained,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "peak_rss_mb": {k: round(v, 1) for k, v in self.peak_rss_mb.items()},
             "wall_seconds": round(self.wall_seconds, 3),
@@ -180,6 +183,8 @@ class RunInfo:
     as_of: datetime  # UTC
     scored_at: datetime  # naive UTC
     kind: str  # full | ad-hoc
+    explain_top: int = 0  # reasons per explained customer (0: no explanations)
+    explain_segments: tuple[str, ...] = ()  # whose: these risk segments only (empty: everyone scored)
 
 
 @dataclass
@@ -194,6 +199,7 @@ class ScoredChunk:
     with_unseen_category: int
     by_segment: dict[str, int]
     seconds: dict[str, float] = field(default_factory=dict)  # where the chunk's time went
+    reasons: pa.Table | None = None  # with RunInfo.explain_top: rows of batch/outputs.py REASONS_SCHEMA
 
 
 def score_frame(index: int, bundle: Bundle, contract, frame: pd.DataFrame, run: RunInfo) -> ScoredChunk:
@@ -208,7 +214,30 @@ def score_frame(index: int, bundle: Bundle, contract, frame: pd.DataFrame, run: 
     table = prediction_table(ids, s, bundle, run.as_of.replace(tzinfo=None), run.scored_at, run.run_id, run.kind)
     missing, unseen = _count_inputs(bundle, frame)
     segments, counts = np.unique(np.asarray(s.risk_segment, dtype=object).astype(str), return_counts=True)
-    return ScoredChunk(index, table, processed, not_found, missing, unseen, dict(zip(segments.tolist(), counts.tolist())))
+    reasons = reasons_table(bundle, frame, ids, s.risk_segment, run) if run.explain_top else None
+    return ScoredChunk(index, table, processed, not_found, missing, unseen, dict(zip(segments.tolist(), counts.tolist())), reasons=reasons)
+
+
+def reasons_table(bundle: Bundle, frame: pd.DataFrame, ids: np.ndarray, segments: list[str], run: RunInfo) -> pa.Table:
+    """The top `run.explain_top` reasons of the chunk's customers in `run.explain_segments`
+    (skewless/explain.py: the same bundle, the same feature rows as their scores)."""
+    from skewless.explain import explain
+
+    wanted = np.ones(len(ids), dtype=bool) if not run.explain_segments else np.isin(np.asarray(segments, dtype=object), run.explain_segments)
+    rows = frame[wanted]
+    out: dict[str, list] = {n: [] for n in ("customer_id", "rank", "feature", "value", "contribution", "direction", "base_value")}
+    for cid, why in zip(ids[wanted].tolist(), explain(bundle, rows, run.explain_top)):
+        for rank, r in enumerate(why.reasons, start=1):
+            out["customer_id"].append(cid)
+            out["rank"].append(rank)
+            out["feature"].append(r.feature)
+            out["value"].append(None if r.value is None else str(r.value))
+            out["contribution"].append(r.contribution)
+            out["direction"].append(r.direction)
+            out["base_value"].append(why.base_value)
+    n = len(out["customer_id"])
+    as_of = run.as_of.replace(tzinfo=None)
+    return pa.table(out | {"model_name": [bundle.name] * n, "model_version": [bundle.version] * n, "as_of": [as_of] * n, "run_id": [run.run_id] * n})
 
 
 def local_chunks(store, bundle: Bundle, contract, ids: np.ndarray, as_of: datetime, chunk_rows: int, run: RunInfo,
@@ -243,12 +272,16 @@ def run_batch(
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     engine: Engine = local_chunks,
+    explain_top: int = 0,
+    explain_segments: tuple[str, ...] = (),
 ) -> BatchSummary:
     """Score `customer_ids` (default: everyone active at `as_of`) and swap the run into the outputs.
 
     `engine` produces the scored chunks: `local_chunks` here, or batch/ray_engine.py's on a
     Ray cluster; either way the rows go through this one writer and one commit. Nothing
     readers see changes unless the whole run succeeds; any error discards the staged rows.
+    With `explain_top`, the customers in `explain_segments` (all when empty) get their top
+    reasons in the churn_reasons table, committed with the predictions.
     """
     if as_of.tzinfo is None:
         raise ValueError(f"as-of time {as_of.isoformat()} has no time zone")
@@ -259,7 +292,8 @@ def run_batch(
         contract = resolve(store, bundle.feature_service)
         warnings = check_as_of(store, contract, as_of)
         kind = "full" if customer_ids is None else "ad-hoc"
-        run = RunInfo(f"{as_of:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}", as_of, datetime.now(timezone.utc).replace(tzinfo=None), kind)
+        run = RunInfo(f"{as_of:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}", as_of, datetime.now(timezone.utc).replace(tzinfo=None), kind,
+                      explain_top, tuple(explain_segments))
         summary = BatchSummary(run_id=run.run_id, as_of=as_of, model=f"{bundle.name}/{bundle.version}", warnings=warnings)
         # outputs first: an unwritable path fails now, not after minutes of retrieval
         writer = PredictionWriter(db_path, parquet_root, RunKey(bundle.name, bundle.version, as_of.replace(tzinfo=None)), run.run_id, kind)
@@ -282,6 +316,9 @@ def run_batch(
                 summary.add(chunk)
                 with clock.stage("write"):
                     writer.write(chunk.table)
+                    if chunk.reasons is not None:
+                        writer.write_reasons(chunk.reasons)
+                        summary.explained += pc.count_distinct(chunk.reasons["customer_id"]).as_py()
                 if progress:
                     progress(chunk.processed)
             if summary.customers == 0:

@@ -58,6 +58,24 @@ RUN_COLUMNS = [
     ("scored_at", "TIMESTAMP"), ("rows", "BIGINT"), ("not_found", "BIGINT"), ("kind", "VARCHAR"),
 ]
 RUNS_SQL = f"CREATE TABLE IF NOT EXISTS {RUNS_TABLE} (" + ", ".join(f"{n} {t}" for n, t in RUN_COLUMNS) + ")"
+# With `skewless score --explain-top K`: each explained customer's top K reasons
+# (skewless/explain.py), committed with the run's predictions, the same run_id.
+REASONS_TABLE = "churn_reasons"
+REASON_COLUMNS = [
+    ("customer_id", "BIGINT", pa.int64()),
+    ("rank", "INTEGER", pa.int32()),  # 1 = the largest contribution
+    ("feature", "VARCHAR", pa.string()),
+    ("value", "VARCHAR", pa.string()),  # the value the model saw, as text; null = missing
+    ("contribution", "DOUBLE", pa.float64()),  # its SHAP value (log-odds)
+    ("direction", "VARCHAR", pa.string()),  # raises | lowers the churn risk
+    ("base_value", "DOUBLE", pa.float64()),
+    ("model_name", "VARCHAR", pa.string()),
+    ("model_version", "VARCHAR", pa.string()),
+    ("as_of", "TIMESTAMP", pa.timestamp("us")),
+    ("run_id", "VARCHAR", pa.string()),
+]
+REASONS_SCHEMA = pa.schema([(name, arrow) for name, _, arrow in REASON_COLUMNS])
+REASONS_SQL = f"CREATE TABLE IF NOT EXISTS {REASONS_TABLE} (" + ", ".join(f"{n} {t}" for n, t, _ in REASON_COLUMNS) + ")"
 KINDS = ("full", "ad-hoc")
 STAGING = ".staging"
 LOCK_WAIT_SECONDS = 30.0  # how long the swap waits for another process to release the DuckDB file
@@ -184,12 +202,20 @@ class PredictionWriter:
         self.final_file = self.table_dir / key.partition / key.file_name
         self.writer: pq.ParquetWriter | None = pq.ParquetWriter(self.staged_file, ARROW_SCHEMA, compression="zstd")
         self.rows = 0
+        self.reasons_file = self.stage_dir / "reasons.parquet"
+        self.reasons_writer: pq.ParquetWriter | None = None  # opened by the first explained chunk
 
     def write(self, table: pa.Table) -> None:
         """Append a chunk (columns of ARROW_SCHEMA) to the staged file."""
         assert self.writer is not None, "writer already closed"
         self.writer.write_table(table.select(ARROW_SCHEMA.names).cast(ARROW_SCHEMA))
         self.rows += table.num_rows
+
+    def write_reasons(self, table: pa.Table) -> None:
+        """Append a chunk's reasons (columns of REASONS_SCHEMA) to the staged reasons file."""
+        if self.reasons_writer is None:
+            self.reasons_writer = pq.ParquetWriter(self.reasons_file, REASONS_SCHEMA, compression="zstd")
+        self.reasons_writer.write_table(table.select(REASONS_SCHEMA.names).cast(REASONS_SCHEMA))
 
     def commit(self, scored_at: datetime, not_found: int = 0) -> None:
         """Swap the staged run in: DuckDB rows, its churn_runs row and the partition file, together.
@@ -200,6 +226,8 @@ class PredictionWriter:
         assert self.writer is not None, "writer already closed"
         self.writer.close()
         self.writer = None
+        if self.reasons_writer is not None:
+            self.reasons_writer.close()
         k = self.key
         con = connect_db(self.db_path)  # may wait for another writer: still interruptible
         try:
@@ -215,6 +243,11 @@ class PredictionWriter:
                     con.execute(f"INSERT INTO {TABLE} ({names}) SELECT {names} FROM read_parquet(?)", [str(self.staged_file)])
                     con.execute(f"INSERT INTO {RUNS_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                 [self.run_id, *key, scored_at, self.rows, not_found, self.kind])
+                    con.execute(REASONS_SQL)  # a re-run replaces the reasons too, with or without new ones
+                    con.execute(f"DELETE FROM {REASONS_TABLE} WHERE model_name = ? AND model_version = ? AND as_of = ?", key)
+                    if self.reasons_writer is not None:
+                        names = ", ".join(REASONS_SCHEMA.names)
+                        con.execute(f"INSERT INTO {REASONS_TABLE} ({names}) SELECT {names} FROM read_parquet(?)", [str(self.reasons_file)])
                     self._move_into_partition()
                 except BaseException:
                     con.execute("ROLLBACK")
@@ -241,8 +274,9 @@ class PredictionWriter:
     def abort(self) -> None:
         """Discard the staged rows; nothing a reader sees has changed."""
         try:
-            if self.writer is not None:
-                self.writer.close()
-                self.writer = None
+            for writer in (self.writer, self.reasons_writer):
+                if writer is not None:
+                    writer.close()
+            self.writer = self.reasons_writer = None
         finally:
             shutil.rmtree(self.stage_dir, ignore_errors=True)

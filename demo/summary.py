@@ -25,6 +25,42 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
+def _why(run_id: str) -> list[str]:
+    """The riskiest explained customer of the run and their top reasons (table churn_reasons)."""
+    import duckdb
+
+    from batch.outputs import REASONS_TABLE, TABLE, connect_db
+
+    con = connect_db(PREDICTIONS_DB, read_only=True)
+    try:
+        rows = con.execute(
+            f"SELECT r.customer_id, p.churn_probability, p.risk_segment, r.feature, r.value, r.contribution, r.direction "
+            f"FROM {REASONS_TABLE} r JOIN {TABLE} p USING (customer_id, run_id) WHERE r.run_id = ? "
+            f"AND r.customer_id = (SELECT customer_id FROM {TABLE} WHERE run_id = ? AND customer_id IN "
+            f"(SELECT customer_id FROM {REASONS_TABLE} WHERE run_id = ?) ORDER BY churn_probability DESC, customer_id LIMIT 1) ORDER BY r.rank",
+            [run_id, run_id, run_id]).fetchall()
+    except duckdb.CatalogException:
+        return []  # a database from before explanations
+    finally:
+        con.close()
+    if not rows:
+        return []
+    cid, p, segment = rows[0][:3]
+    reasons = "; ".join(f"{feature} = {_shown(value)} ({direction} {contribution:+.2f})" for _, _, _, feature, value, contribution, direction in rows)
+    return [f"  why      customer {cid} ({segment}, {p:.3f}): {reasons}",
+            f"           .venv/bin/skewless explain --customer {cid}    (its reasons now, from the offline store)"]
+
+
+def _shown(value: str | None) -> str:
+    """A reason's value as text, numbers to 4 significant digits."""
+    if value is None:
+        return "missing"
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
+
+
 @click.command("demo-summary")
 @click.option("--started", default=None, help="When the demo started (ISO 8601), for its wall time.")
 def demo_summary(started: str | None) -> None:
@@ -61,6 +97,7 @@ def demo_summary(started: str | None) -> None:
         r = runs.iloc[0]
         lines.append(f"  batch    {int(r['rows']):,} customers scored as of {r['as_of']:%Y-%m-%d %H:%M} UTC into {_rel(PREDICTIONS_DB)} "
                      f"(table churn_predictions) and {_rel(PREDICTIONS_DIR)}/")
+        lines += _why(r["run_id"])
     lines += [
         f"  online   {online['predictions']:,} predictions served from Redis ({online['materialized_rows']:,} rows materialized)",
         *([f"  scores   /scores/{s['customer_id']} served probability {s['churn_probability']:.4f} ({s['risk_segment']}) of run {s['run_id']}, "

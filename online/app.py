@@ -43,7 +43,9 @@ from online.middleware import PredictFastPath, RequestMetrics
 from online.responses import PydanticJSON, batch_answer, prediction_answer, store_unavailable
 from online.rollout import Rollout
 from online.schemas import (
+    DEFAULT_REASONS,
     INT64_MAX,
+    MAX_REASONS,
     BatchRequest,
     BatchResponse,
     ErrorResponse,
@@ -110,6 +112,8 @@ authorized_service = AuthorizedService(
     description="An API key as a bearer token (SKEWLESS_API_KEYS or SKEWLESS_API_KEYS_FILE); not needed when none is configured.")
 ServiceDep = Annotated[Service, Depends(authorized_service)]
 IncludeFeatures = Annotated[bool, Query(description="Also return the feature values passed to the model.")]
+Explain = Annotated[bool, Query(description="Also return the top reasons: exact tree SHAP contributions and the base value.")]
+ExplainTop = Annotated[int, Query(ge=1, le=MAX_REASONS, description="How many reasons with ?explain=true.")]
 
 ERROR_RESPONSES = {
     400: {"model": ErrorResponse, "description": "The body could not be read (not UTF-8, or a broken transfer)."},
@@ -204,15 +208,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/predict", response_model=Prediction, response_model_exclude_none=True, tags=["predict"],
         responses={404: {"model": ErrorResponse, "description": "No features for this customer in the online store."}, **ERROR_RESPONSES},
     )
-    async def predict(body: PredictRequest, service: ServiceDep, include_features: IncludeFeatures = False) -> Response:
+    async def predict(body: PredictRequest, service: ServiceDep, include_features: IncludeFeatures = False,
+                      explain: Explain = False, explain_top: ExplainTop = DEFAULT_REASONS) -> Response:
         """Churn prediction for one customer, with features as of now."""
+        if explain:  # scored on its own: explanations are not part of the dynamic batch
+            return prediction_answer(service.predict([body.customer_id], include_features, explain_top)[0])
         return prediction_answer(await service.predict_one(body.customer_id, include_features))
 
     @app.post("/predict/batch", response_model=BatchResponse, response_model_exclude_none=True, tags=["predict"],
               responses=ERROR_RESPONSES)
-    async def predict_batch(body: BatchRequest, service: ServiceDep, include_features: IncludeFeatures = False) -> Response:
+    async def predict_batch(body: BatchRequest, service: ServiceDep, include_features: IncludeFeatures = False,
+                            explain: Explain = False, explain_top: ExplainTop = DEFAULT_REASONS) -> Response:
         """Predictions for up to 1,000 customers in request order; an ID without features gets status not_found."""
-        return batch_answer(service.predict(body.customer_ids, include_features))
+        return batch_answer(service.predict(body.customer_ids, include_features, explain_top if explain else 0))
 
     # before /scores/{customer_id}: a wrong method on /scores/batch then answers 405 with `Allow: POST`, not GET
     @app.post("/scores/batch", response_model=ScoresResponse, response_model_exclude_none=True, tags=["scores"],

@@ -44,6 +44,7 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128),
 )
 MODEL = Histogram("skewless_model_seconds", "Scoring with the bundle (skewless/score.py), per request.", buckets=LATENCY_BUCKETS)
+EXPLAIN = Histogram("skewless_explain_seconds", "Explaining the scores (skewless/explain.py), per request that asked.", buckets=LATENCY_BUCKETS)
 FEATURE_AGE = Histogram(
     "skewless_feature_age_seconds", "Age of the oldest feature-view row a request used (request time - event time), by view.",
     ["view"], buckets=AGE_BUCKETS,

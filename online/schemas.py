@@ -30,6 +30,23 @@ class BatchRequest(BaseModel):
     customer_ids: list[CustomerId] = Field(min_length=1, max_length=MAX_BATCH, description=f"1 to {MAX_BATCH:,} IDs; answered in this order.")
 
 
+DEFAULT_REASONS = 3  # reasons in an explanation unless ?explain_top= says otherwise
+MAX_REASONS = 20
+
+
+class Reason(BaseModel):
+    feature: str
+    value: FeatureValue = Field(None, description="The value the model saw; absent = missing.")
+    contribution: float = Field(description="Its exact tree SHAP value: its share of the margin, in log-odds.")
+    direction: Literal["raises", "lowers"] = Field(description="What it does to the churn risk.")
+
+
+class Explanation(BaseModel):
+    base_value: float = Field(description="The model's margin before any feature (log-odds).")
+    margin: float = Field(description="base_value + every feature's contribution: the score's log-odds.")
+    reasons: list[Reason] = Field(description="The largest contributions, by size.")
+
+
 class Prediction(BaseModel):
     customer_id: int
     status: Literal["ok", "not_found"] = Field("ok", description="`not_found`: no features for this ID in the online store.")
@@ -42,6 +59,7 @@ class Prediction(BaseModel):
     features: dict[str, FeatureValue] | None = Field(
         None, description="With ?include_features=true: the values passed to the model, by feature name; null = missing."
     )
+    explanation: Explanation | None = Field(None, description="With ?explain=true: why, as the top `explain_top` reasons.")
 
 
 class BatchResponse(BaseModel):

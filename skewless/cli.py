@@ -24,6 +24,7 @@ class Group(click.Group):
         "apply": "feast_plugins.apply:apply_command",
         "train": "training.cli:train",
         "score": "batch.cli:score",
+        "explain": "batch.cli:explain_command",
         "materialize": "feast_plugins.materialize:materialize_command",
         "serve": "online.cli:serve",
         "api-key": "online.cli:api_key",

@@ -57,6 +57,11 @@ def test_retrieval_benchmark_runs_both_offline_stores(results):
     assert re.search(r"^\| 2,000 \| batch \| [\d,]+ \| [\d.]+ \| [\d.]+ ", out, re.M) and "| training |" in out and "| batch, streamed |" in out, out
 
 
+def test_explain_benchmark_runs(results):
+    out = smoke(results, "explain.py")
+    assert "| 1 customer(s) in process" in out and "every customer explained" in out, out
+
+
 def test_materialize_benchmark_runs_the_stock_engine_too(results):
     out = smoke(results, "materialize.py")
     assert re.search(r"^\| stock \| [\d,]+ \|", out, re.M) and "byte-identical to stock on a random sample" in out and ": yes" in out, out

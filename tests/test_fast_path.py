@@ -158,8 +158,8 @@ def test_prediction_rows_are_written_as_the_models_would_be(live, known, tmp_pat
     with TestClient(create_app(make_settings(live, tmp_path))) as client:
         service = client.app.state.service
         ids = [known["fresh"], known["expired"], known["unknown"], known["fresh"]]
-        for flags in (False, True, [True, False, True, False]):
-            rows = service.predict(ids, flags)
+        for flags, explain in ((False, 0), (True, 0), ([True, False, True, False], 0), (False, 3)):
+            rows = service.predict(ids, flags, explain)
             assert [r["status"] for r in rows] == ["ok", "ok", "not_found", "ok"]
             assert batch_answer(rows).body == as_models(rows)
             for row in rows:

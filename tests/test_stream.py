@@ -378,3 +378,20 @@ def test_a_replaced_redis_is_not_consumed_until_its_views_are_loaded(env, stream
             assert int(at.timestamp()) * 1_000_000 + at.microsecond in state["payment_failure_times_us"][0]
         finally:
             os.environ[REDIS_ENV] = saved
+
+
+def test_failed_payments_pushed_by_the_stream_are_among_the_top_reasons(env, streams):
+    """Three failed payments in the last hours, pushed as events: /predict?explain=true names the
+    payment features among the customer's top three reasons, raising the risk."""
+    (cid,) = customers(env, 1, seed=77)
+    now = datetime.now(timezone.utc)
+    for i in range(3):
+        publish(streams, 900 + i, cid, "payment_failed", now - timedelta(hours=3 - i), 49.0)
+    consume(env)
+    settings = Settings(repo_path=env.repo, model_dir=env.models, feature_log=False)
+    with TestClient(create_app(settings)) as client:
+        answer = client.post("/predict?explain=true&explain_top=3&include_features=true", json={"customer_id": cid}).json()
+    assert answer["features"]["payment_failures_24h"] == 3
+    reasons = {r["feature"]: r for r in answer["explanation"]["reasons"]}
+    payment = {"payment_failures_24h", "hours_since_last_payment_failure"} & set(reasons)
+    assert payment and all(reasons[f]["direction"] == "raises" for f in payment), answer["explanation"]
