@@ -67,6 +67,42 @@ def psi_chart(table: pd.DataFrame, threshold: float) -> bytes:
     return png
 
 
+def quality_chart(weeks, validation_auc: float) -> bytes:
+    """Live ROC-AUC per week (monitoring/quality.py) against the bundle's validation ROC-AUC."""
+    plt = _pyplot()
+    judged = [w for w in weeks if w.roc_auc is not None]
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.plot([w.week for w in judged], [w.roc_auc for w in judged], marker="o", label="live ROC-AUC (labelled predictions)")
+    ax.axhline(validation_auc, color="#2ca02c", linestyle="--", label=f"validation {validation_auc:.3f}")
+    pending = [w.week for w in weeks if w.roc_auc is None]
+    ax.set_title("model quality as labels arrive" + (f" ({len(pending)} week(s) pending)" if pending else ""))
+    ax.set_ylabel("ROC-AUC")
+    ax.legend(loc="lower left")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    png = _png(fig)
+    plt.close(fig)
+    return png
+
+
+def _quality_section(weeks, validation_auc: float) -> list[str]:
+    parts = ["<h2>Model quality as labels arrive</h2>",
+             "<p>Each full batch run's predictions against the churn labels that arrived since (30 days after the "
+             "prediction), per week of the run's as-of time; <i>pending</i>: the outcome is not known yet.</p>",
+             "<table id='quality'><tr><th>week</th><th>predictions</th><th>labelled</th><th>pending</th><th>ROC-AUC</th>"
+             "<th>PR-AUC</th><th>log loss</th><th>precision</th><th>recall</th></tr>"]
+
+    def cell(v):
+        return "<td class='num'>-</td>" if v is None else f"<td class='num'>{v:.3f}</td>"
+
+    for w in weeks:
+        parts.append(f"<tr><td>{html.escape(w.week)}</td><td class='num'>{w.predictions:,}</td><td class='num'>{w.labelled:,}</td>"
+                     f"<td class='num'>{w.pending:,}</td>{cell(w.roc_auc)}{cell(w.pr_auc)}{cell(w.log_loss)}{cell(w.precision)}{cell(w.recall)}</tr>")
+    parts.append("</table>")
+    parts.append(_img(quality_chart(weeks, validation_auc), "ROC-AUC per week against validation"))
+    return parts
+
+
 def distribution_chart(name: str, training: pd.Series, served: pd.Series, categorical: bool, served_label: str = "served") -> bytes:
     """Shares per bin, training beside served: the bins PSI compares (training deciles, or categories)."""
     plt = _pyplot()
@@ -94,8 +130,8 @@ def _label_window(bundle) -> str:
     return f", labels {labels[0][:10]} .. {labels[1][:10]}" if labels else ""
 
 
-def render(report: Report, bundle, max_mismatch: float, max_psi: float, psi_png: bytes) -> str:
-    """The whole page as a string."""
+def render(report: Report, bundle, max_mismatch: float, max_psi: float, psi_png: bytes, quality: list | None = None) -> str:
+    """The whole page as a string (`quality`: monitoring/quality.py's weeks, when there are runs to judge)."""
     e = html.escape
     skewed = [s for s in report.skews if s.share > max_mismatch]
     drifted = report.drift[report.drift["psi"] > max_psi]
@@ -159,6 +195,8 @@ def render(report: Report, bundle, max_mismatch: float, max_psi: float, psi_png:
         parts.append(_img(chart, "batch scores against training-set scores"))
     else:
         parts.append("<p>No full batch run of this model in the predictions database.</p>")
+    if quality:
+        parts += _quality_section(quality, bundle.manifest["metrics"]["model"]["roc_auc"])
     # marks how many images the browser decoded (the page reads the same without scripts)
     parts.append("<script>addEventListener('load', () => { const i = [...document.images]; "
                  "document.body.dataset.imagesRendered = i.filter(x => x.complete && x.naturalWidth > 0).length + '/' + i.length; });</script>")
@@ -178,12 +216,13 @@ def summary(report: Report, max_mismatch: float, max_psi: float) -> dict:
     }
 
 
-def write_report(report: Report, bundle, max_mismatch: float, max_psi: float, html_path: Path, png_path: Path) -> tuple[Path, Path]:
+def write_report(report: Report, bundle, max_mismatch: float, max_psi: float, html_path: Path, png_path: Path,
+                 quality: list | None = None) -> tuple[Path, Path]:
     """Write the page, the PSI chart and the JSON summary, each to a temporary file renamed into place."""
     import json
 
     psi_png = psi_chart(report.drift, max_psi)
-    page = render(report, bundle, max_mismatch, max_psi, psi_png)
+    page = render(report, bundle, max_mismatch, max_psi, psi_png, quality)
     numbers = json.dumps(summary(report, max_mismatch, max_psi), indent=2).encode()
     for path, data in ((png_path, psi_png), (html_path, page.encode()), (html_path.with_suffix(".json"), numbers)):
         path.parent.mkdir(parents=True, exist_ok=True)

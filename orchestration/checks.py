@@ -10,6 +10,9 @@
 - `served_features_skew` and `served_features_drift` (online_features): the skew report over the
   service's feature log (monitoring/skew_report.py): any served value that differs from
   point-in-time truth fails; PSI above the threshold warns.
+- `model_quality` (batch_scores): the batch runs' predictions against the labels that arrived
+  since (monitoring/quality.py, what `skewless quality` prints): a week whose ROC-AUC is below the
+  serving bundle's validation by more than the tolerance warns.
 """
 
 import contextlib
@@ -105,4 +108,26 @@ def served_features(skewless: SkewlessResource):
         "note": report.drift_note or ""})
 
 
-checks = [scores_fresh, online_batch_parity, watermark_lag, served_features]
+@dg.asset_check(asset=batch_scores, description="Live ROC-AUC per week, as labels arrive, against the serving bundle's validation (warns).")
+def model_quality(skewless: SkewlessResource) -> dg.AssetCheckResult:
+    from monitoring.quality import below_validation, joined, weekly
+    from skewless.labels import LABELS_FILE
+
+    labels = skewless.repo / "data" / LABELS_FILE
+    if not skewless.db.exists() or not labels.is_file():
+        return dg.AssetCheckResult(passed=True, metadata={"note": f"nothing to judge yet: {skewless.db} or {labels} is missing"})
+    try:
+        bundle = load_serving(skewless, skewless.store())
+    except BundleError as exc:
+        return dg.AssetCheckResult(passed=True, metadata={"note": str(exc)})
+    validation = bundle.manifest["metrics"]["model"]["roc_auc"]
+    weeks = weekly(joined(skewless.db, labels), bundle.threshold)
+    low = below_validation(weeks, validation, skewless.auc_tolerance)
+    judged = [w for w in weeks if w.roc_auc is not None]
+    return dg.AssetCheckResult(passed=not low, severity=dg.AssetCheckSeverity.WARN, metadata={
+        "validation_roc_auc": validation, "tolerance": skewless.auc_tolerance,
+        **{f"roc_auc {w.week}": round(w.roc_auc, 4) for w in judged},
+        "pending_predictions": sum(w.pending for w in weeks), "below_validation": ", ".join(w.week for w in low) or "none"})
+
+
+checks = [scores_fresh, online_batch_parity, watermark_lag, served_features, model_quality]

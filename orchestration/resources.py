@@ -34,6 +34,7 @@ class SkewlessResource(dg.ConfigurableResource):
     promotion_tolerance: float = Field(default=0.01, description="How much lower a new bundle's validation ROC-AUC may be than the serving one's.")
     parity_sample: int = Field(default=200, description="Customers compared online against batch by the parity check and the gate.")
     psi_warn: float = Field(default=0.25, description="PSI above which the drift check warns.")
+    auc_tolerance: float = Field(default=0.05, description="How far a week's live ROC-AUC may fall below the serving bundle's validation before the quality check warns.")
 
     @property
     def repo(self) -> Path:

@@ -29,6 +29,7 @@ class Group(click.Group):
         "serve": "online.cli:serve",
         "api-key": "online.cli:api_key",
         "skew-report": "monitoring.cli:skew_report_command",
+        "quality": "monitoring.cli:quality_command",
         "stream": "stream.cli:stream",
         "scheduler": "orchestration.cli:scheduler",
         "demo-online": "demo.online:demo_online",

@@ -18,13 +18,15 @@ from skewless.paths import REPO_DIR
 @click.option("--end", default="today", show_default=True, help="When the data ends: `today` (00:00 UTC, reproducible), `now` (what a demo serves at once) or an ISO time.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=REPO_DIR / "data", show_default=True, help="Directory the Parquet sources go to.")
 @click.option("--events/--no-events", default=True, show_default=True, help="Also the raw account-event log and the account state folded from it (~70 events a customer).")
-def generate(customers: int, days: int, seed: int, end: str, out_dir: Path, events: bool) -> None:
+@click.option("--shift-after", default=None, help="From this time (ISO 8601) churn follows another mechanism: a model trained before decays (`skewless quality` shows it).")
+def generate(customers: int, days: int, seed: int, end: str, out_dir: Path, events: bool, shift_after: str | None) -> None:
     """Write the synthetic raw sources (profiles, activity, labels) as Parquet."""
-    from skewless.times import data_end
+    from skewless.times import data_end, parse_time
 
     if customers <= 0:
         raise click.ClickException(f"--customers must be a positive number, got {customers}")
     ends = data_end(end)  # a bad --end is one line before anything heavy is imported
+    shift = parse_time(shift_after) if shift_after else None
 
     from tqdm import tqdm
 
@@ -32,7 +34,7 @@ def generate(customers: int, days: int, seed: int, end: str, out_dir: Path, even
 
     started = time.perf_counter()
     with tqdm(total=customers, unit="customer", unit_scale=True, desc="generate", file=sys.stderr, disable=None) as bar:
-        cfg = GenerateConfig(customers=customers, days=days, seed=seed, end=ends, events=events)
+        cfg = GenerateConfig(customers=customers, days=days, seed=seed, end=ends, events=events, shift_after=shift)
         summary = run(cfg, out_dir, progress=bar.update)
     seconds = time.perf_counter() - started
     click.echo(f"wrote {out_dir} in {seconds:.1f}s ({customers / seconds:,.0f} customers/s), data {cfg.start:%Y-%m-%d %H:%M} .. {cfg.end:%Y-%m-%d %H:%M} UTC")

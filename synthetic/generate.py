@@ -128,6 +128,7 @@ class GenerateConfig:
     end: datetime = DEFAULT_END
     seed: int = 7
     events: bool = True  # also the account-event log and the account state it folds into
+    shift_after: datetime | None = None  # from then on churn follows another mechanism (a model decays)
 
     @property
     def start(self) -> datetime:
@@ -255,6 +256,7 @@ def _simulate_chunk(cfg: GenerateConfig, chunk_index: int, first_id: int, n: int
     log = _EventLog(np.random.default_rng([cfg.seed, chunk_index, 1])) if cfg.events else None
     day_us = 86_400_000_000
     start_us = _us(cfg.start)
+    shift_us = None if cfg.shift_after is None else _us(cfg.shift_after)
     sim_start_us = start_us - WARMUP_DAYS * day_us
     total_days = cfg.days + WARMUP_DAYS
     unseen_from_day = total_days - UNSEEN_CATEGORY_DAYS
@@ -390,6 +392,11 @@ def _simulate_chunk(cfg: GenerateConfig, chunk_index: int, first_id: int, n: int
             + 1.6 * ((seats <= 1) & (plan >= 1))  # a lone seat on a paid tier is an abandoned trial
             + frailty
         )
+        if shift_us is not None and day_start >= shift_us:
+            # another mechanism (a competitor courts busy accounts; failed payments are retried
+            # and forgotten): what a model learned before no longer ranks customers
+            logit = (-5.6 + 1.8 * (p_active >= 0.2) - 1.2 * (w30[3] > 0) - 0.8 * (tenure_days < 45)
+                     - REGION_HAZARD[region] - PLAN_HAZARD[plan] + frailty)
         hazard = 1.0 / (1.0 + np.exp(-logit))
         for _, _, label_day, log_survival in pending_labels:
             if label_day <= day < label_day + LABEL_HORIZON_DAYS:

@@ -25,12 +25,12 @@ from skewless.paths import PROJECT_DIR
 HEAVY = ["feast", "pandas", "numpy", "pyarrow", "duckdb", "xgboost", "numba", "sklearn", "fastapi", "uvicorn", "matplotlib", "httpx", "redis"]
 QUICK = [
     ["--help"], ["generate", "--help"], ["apply", "--help"], ["train", "--help"], ["model", "--help"],
-    ["score", "--help"], ["explain", "--help"], ["score", "status", "--help"], ["score", "top", "--help"], ["materialize", "--help"],
+    ["score", "--help"], ["explain", "--help"], ["quality", "--help"], ["score", "status", "--help"], ["score", "top", "--help"], ["materialize", "--help"],
     ["serve", "--help"], ["skew-report", "--help"], ["demo-online", "--help"], ["demo-summary", "--help"], ["scheduler", "--help"],
     # argument errors
     ["nope"], ["generate", "--customers", "many"], ["generate", "--customers", "0"], ["generate", "--end", "soon"],
     ["train", "--as-of", "soon"], ["score"], ["score", "--as-of", "yesterday-ish"], ["score", "--as-of", "now", "--customers", "/nonexistent"],
-    ["explain"], ["explain", "--customer", "-1"], ["score", "--as-of", "now", "--explain-segment", "High"],
+    ["explain"], ["explain", "--customer", "-1"], ["quality", "--since", "soon"], ["score", "--as-of", "now", "--explain-segment", "High"],
     ["score", "status", "--max-age", "soon"], ["score", "top", "-n", "0"], ["materialize", "--end", "soon"],
     ["materialize", "--lookback", "-1"], ["serve", "--workers", "0"], ["skew-report", "--since", "soon"],
     ["stream", "publish", "--customer", "5", "--type", "refund_issued"],  # refused before the bus: the event's schema alone

@@ -31,7 +31,7 @@ from feast_plugins.redis_server import RedisEndpoint, free_port
 from orchestration import definitions
 from orchestration.alerts import alert_on_failure
 from orchestration.assets import batch_scores, online_features, published_scores, serving_bundle
-from orchestration.checks import online_batch_parity, scores_fresh, served_features, watermark_lag
+from orchestration.checks import model_quality, online_batch_parity, scores_fresh, served_features, watermark_lag
 from orchestration.gate import PromotionRefused, promote
 from orchestration.resources import SkewlessResource
 from skewless.paths import PROJECT_DIR
@@ -84,7 +84,7 @@ def env(live, tmp_path_factory, redis_endpoint):
 
 def run(env, assets, partition=None, resource=None, **kw) -> dg.ExecuteInProcessResult:
     """Materialize `assets` in process with the pipeline's resource (the checks on them run too)."""
-    all_checks = [scores_fresh, online_batch_parity, watermark_lag, served_features]
+    all_checks = [scores_fresh, online_batch_parity, watermark_lag, served_features, model_quality]
     return dg.materialize([*assets, *all_checks], resources={"skewless": resource or env.resource}, partition_key=partition,
                           selection=dg.AssetSelection.assets(*assets) | dg.AssetSelection.checks_for_assets(*assets), **kw)
 
