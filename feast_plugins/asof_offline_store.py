@@ -20,8 +20,10 @@ and that set only grows with t, so the winner at t is the running maximum of (ts
 the rows ordered by visible_from. One window pass keeps the rows that *become* the winner (the
 "timeline"), and `ASOF LEFT JOIN` on visible_from picks, per entity row, the timeline row in
 force at t. The TTL is then checked on that winner alone: every other visible row is no newer,
-so if it expired they all did. Source rows no entity row can see (other keys, later than the
-latest entity time, older than the earliest minus the TTL) are dropped before the window.
+so if it expired they all did. Source rows no entity row can see (keys outside the entity keys'
+range, or not among them for a small frame; later than the latest entity time; older than the
+earliest minus the TTL) are dropped before the window. With one entity time (a batch at T) the
+window is a per-key `QUALIFY` and the join a hash join.
 
 Everything else is Feast's: the entity frame's timestamp inference and UTC conversion, the
 on-demand views (returned with the job and applied by Feast's `RetrievalJob.to_arrow`), the
@@ -188,8 +190,8 @@ def _view_query(config: RepoConfig, view: FeatureView, feature_refs: list[str], 
 def _timeline_sql(view: _View, i: int, filter_created: bool, one_time: bool, semi_join: bool) -> str:
     """The source rows that become a key's winner, with the time from which they are visible.
 
-    With one entity time (a batch at T) that is simply each key's winner at T: an aggregate
-    (`arg_max`), no sort. With several, the window pass of the module docstring.
+    With one entity time (a batch at T) that is simply each key's winner at T, one row per key
+    (`QUALIFY row_number() = 1`). With several, the window pass of the module docstring.
     """
     source = f"read_parquet({literal(view.path)})"
     if view.renames:
@@ -235,9 +237,9 @@ def _interval(ttl: timedelta) -> str:
     return f"to_microseconds({int(ttl / timedelta(microseconds=1))})"
 
 
-def _select_sql(views: list[_View], entity_columns: list[str], filter_created: bool, one_time: bool, semi_join: bool) -> str:
+def _select_sql(views: list[_View], entity_columns: list[str], entity_time: str, filter_created: bool, one_time: bool, semi_join: bool) -> str:
     """One query: every view's timeline, ASOF-joined to the entity rows, in entity order."""
-    ctes = [f"ent AS (SELECT *, CAST({{ts}} AS TIMESTAMPTZ) AS {ENTITY_TIME} FROM entity)"]
+    ctes = [f"ent AS (SELECT *, CAST({ident(entity_time)} AS TIMESTAMPTZ) AS {ENTITY_TIME} FROM entity)"]
     joins, outputs = [], [f"e.{ident(c)}" for c in entity_columns]
     for i, view in enumerate(views):
         ctes.append(_timeline_sql(view, i, filter_created, one_time, semi_join))
@@ -326,7 +328,7 @@ class AsofRetrievalJob(RetrievalJob):
                 params[_param("lo", k)], params[_param("hi", k)] = key_bounds[2 * i], key_bounds[2 * i + 1]
             # the key filter first pays off for a small entity frame, or before the window pass
             semi_join = lo != hi or entity.num_rows <= SEMI_JOIN_ROWS
-            sql = _select_sql(self._views, columns, self._filter_created, lo == hi, semi_join).replace("{ts}", ident(self._ts))
+            sql = _select_sql(self._views, columns, self._ts, self._filter_created, lo == hi, semi_join)
             params = {k: v for k, v in params.items() if f"${k}" in sql}
             yield con.sql(sql, params=params)
 

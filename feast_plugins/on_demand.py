@@ -33,12 +33,13 @@ _MIN_US, _MAX_US = -62135596800_000000, 253402300799_999999  # datetime.min / da
 
 
 def python_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
-    """`column.to_pylist()`, element for element, with a fast path for s/ms/µs timestamps.
+    """`column.to_pylist()`, element for element, faster: numbers and booleans through numpy;
+    strings and timestamps with few distinct values converted once per value (shared immutable
+    objects); other s/ms/µs timestamps by pandas' vectorized datetime64 -> datetime conversion.
 
     pyarrow gives a naive `datetime` for a naive timestamp and, for a UTC one, a `datetime`
     carrying the tzinfo pyarrow resolves for that zone (zoneinfo's UTC); both are built here
-    by pandas' vectorized datetime64 -> datetime conversion (4x faster than pyarrow's,
-    and the same tzinfo object). Anything else is left to pyarrow.
+    with the same tzinfo object. Anything else is left to pyarrow.
     """
     t = column.type
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
